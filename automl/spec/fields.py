@@ -1,0 +1,93 @@
+"""`param()`: a dataclass field that carries the schema metadata the search and the JSON schema read.
+
+Every leaf of the spec is declared with it, so bounds, enums and AutoML flags live next to
+the default they describe and there is no second table to keep in step.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Any, Sequence
+
+# Keys of a field's metadata, in the order they appear in the generated schema.
+METADATA_KEYS = (
+    "description",
+    "valid_min",
+    "valid_max",
+    "valid_options",
+    "option_weights",
+    "math_cond",
+    "depends_on",
+    "popular",
+    "automl_enabled",
+    "automl_default",
+    "log_scale",
+    "is_path",
+)
+
+
+def param(
+    default: Any,
+    description: str,
+    *,
+    valid_min: float | None = None,
+    valid_max: float | None = None,
+    valid_options: Sequence[Any] | None = None,
+    option_weights: Sequence[float] | None = None,
+    math_cond: str | None = None,
+    depends_on: Sequence[str] | None = None,
+    popular: bool = False,
+    automl_enabled: bool | None = None,
+    automl_default: bool = False,
+    log_scale: bool = False,
+    is_path: bool = False,
+) -> Any:
+    """A spec field with its metadata.
+
+    Args:
+        default: the default value (lists and dicts are copied per instance).
+        description: one or two sentences for the user.
+        valid_min, valid_max: inclusive bounds for numbers (and for every item of a number list).
+        valid_options: the allowed values (an enum).
+        option_weights: sampling weights of `valid_options` for the search (same length).
+        math_cond: "/ N" (a multiple of N), "^ 2" (a power of 2) or "> X" / ">= X" (a strict or
+            loose lower bound).
+        depends_on: relations to other keys: ">= other.key" (this value >= that one) or
+            "other.key == value" (this field only matters when that key has that value).
+        popular: shown first in generated templates and UIs.
+        automl_enabled: True: the search may vary it. False: never (listed as disabled in the
+            schema). None: not searchable and not listed.
+        automl_default: part of the default search space (needs automl_enabled).
+        log_scale: sample on a log scale (needs valid_min > 0).
+        is_path: a file or folder; made absolute (from the working directory) when loaded, so
+            trials running elsewhere find it.
+    """
+    if automl_default and not automl_enabled:
+        raise ValueError("automl_default needs automl_enabled")
+    if log_scale and not (valid_min is not None and valid_min > 0):
+        raise ValueError("log_scale needs valid_min > 0")
+    if option_weights is not None and (valid_options is None or len(option_weights) != len(valid_options)):
+        raise ValueError("option_weights needs valid_options of the same length")
+    metadata = {
+        "description": description,
+        "valid_min": valid_min,
+        "valid_max": valid_max,
+        "valid_options": list(valid_options) if valid_options is not None else None,
+        "option_weights": list(option_weights) if option_weights is not None else None,
+        "math_cond": math_cond,
+        "depends_on": list(depends_on) if depends_on else None,
+        "popular": popular,
+        "automl_enabled": automl_enabled,
+        "automl_default": automl_default,
+        "log_scale": log_scale,
+        "is_path": is_path,
+    }
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def section(cls: type, description: str) -> Any:
+    """A nested section of the spec (a dataclass field holding another spec dataclass)."""
+    return dataclasses.field(default_factory=cls, metadata={"description": description})

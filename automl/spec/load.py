@@ -1,0 +1,329 @@
+"""Load a spec: YAML file + dotted overrides -> a validated, typed `DictConfig`.
+
+OmegaConf does the parsing, merging and type conversion against the dataclasses; this module
+turns its failures into messages that name the file and key, and adds what OmegaConf does not
+check (bounds, enums, math conditions, relations, paths each action needs).
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+from dataclasses import fields, is_dataclass
+from typing import Any, Iterable, Iterator, Sequence
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from automl.spec.config import ACTIONS, ExperimentConfig
+from model.errors import UserError
+
+log = logging.getLogger(__name__)
+
+# Sections that reference specs carry and this platform accepts but does not use.
+IGNORED_KEYS = ("wandb", "encryption_key")
+# Placeholder of the reference templates for "must be given".
+MISSING = "???"
+# Values of a checkpoint key that name a checkpoint of this results_dir rather than a file.
+CHECKPOINT_KEYWORDS = ("best", "latest")
+
+SWIN_PRESETS = {
+    "tiny": (96, [2, 2, 6, 2], [3, 6, 12, 24]),
+    "small": (96, [2, 2, 18, 2], [3, 6, 12, 24]),
+    "base": (128, [2, 2, 18, 2], [4, 8, 16, 32]),
+    "large": (192, [2, 2, 18, 2], [6, 12, 24, 48]),
+}
+
+# Metrics logged by validation (see model/metrics); the search can optimise any of them.
+METRIC_NAMES = {
+    "PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st",
+    "mIoU", "fwIoU", "pACC", "mACC", "AP", "AP50", "AP75", "APs", "APm", "APl", "loss",
+}
+
+# Inputs that each dataset type needs, per split.
+SPLIT_PATHS = {
+    "coco_panoptic": ("img_dir", "panoptic_json", "panoptic_dir"),
+    "coco": ("img_dir", "instance_json"),
+    "ade": ("root_dir",),
+}
+# Which data formats can supervise which mode.
+MODE_DATASET_TYPES = {
+    "panoptic": ("coco_panoptic",),
+    "instance": ("coco_panoptic", "coco"),
+    "semantic": ("coco_panoptic", "coco", "ade"),
+}
+
+
+def load_spec(path: str | os.PathLike | None, overrides: Sequence[str] = (), action: str | None = None) -> DictConfig:
+    """Read `path` (or only defaults when None), apply `key=value` overrides and validate.
+
+    With `action` set, the inputs that action needs (data paths, checkpoint) are checked too.
+    Raises UserError naming the file/key and what was expected.
+    """
+    source = str(path) if path is not None else "<defaults>"
+    user = read_yaml(path) if path is not None else {}
+    for key in IGNORED_KEYS:
+        if key in user:
+            log.warning("%s: '%s' is accepted for compatibility and ignored", source, key)
+    user = _drop_missing_markers(user)
+    check_keys(user, ExperimentConfig, source)
+
+    dotted = parse_overrides(overrides)
+    check_keys(dotted, ExperimentConfig, "command line")
+
+    spec = OmegaConf.structured(ExperimentConfig)
+    for layer, where in ((user, source), (dotted, "command line")):
+        try:
+            spec = OmegaConf.merge(spec, layer)
+        except OmegaConfBaseException as err:
+            raise UserError(f"{where}: {_describe(err)}") from None
+
+    if not spec.results_dir:  # reference templates leave it empty
+        spec.results_dir = "results"
+    _apply_swin_preset(spec, user, dotted, source)
+    _make_paths_absolute(spec)
+    errors = list(validate(spec))
+    if action is not None:
+        errors += list(check_action_inputs(spec, action))
+    if errors:
+        raise UserError(f"{source}: invalid spec:\n  - " + "\n  - ".join(errors))
+    return spec
+
+
+def read_yaml(path: str | os.PathLike) -> dict:
+    """Parse a YAML mapping; a syntax error names the file and line."""
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise UserError(f"{path}: spec file not found") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(err, "problem", None) or str(err)
+        raise UserError(f"{where}: YAML syntax error: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of spec sections at the top level, got {type(data).__name__}")
+    return data
+
+
+def parse_overrides(overrides: Iterable[str]) -> dict:
+    """`["train.optim.lr=1e-4", "model.mode=instance"]` -> nested dict (values parsed as YAML)."""
+    nested: dict = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise UserError(f"command line: override '{item}' must look like section.key=value")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"command line: '{key}' overrides a value and one of its sub-keys")
+        node[leaf] = value
+    return nested
+
+
+def check_keys(data: dict, cls: type, source: str) -> None:
+    """Refuse keys the dataclass `cls` does not have (all of them at once), suggesting the closest."""
+    problems = list(_unknown_keys(data, cls))
+    if problems:
+        raise UserError(f"{source}: " + f"\n{source}: ".join(problems))
+
+
+def _unknown_keys(data: dict, cls: type, prefix: str = "") -> Iterator[str]:
+    known = {f.name: f for f in fields(cls)}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=3, cutoff=0.6)
+            hint = f"; did you mean {' or '.join(prefix + c for c in close)}?" if close else ""
+            yield f"unknown key '{dotted}'{hint}"
+            continue
+        sub = _dataclass_type(known[key])
+        if sub is None:
+            continue
+        if isinstance(value, dict):
+            yield from _unknown_keys(value, sub, dotted + ".")
+        else:
+            yield f"'{dotted}' is a section; expected a mapping, got {value!r}"
+
+
+def validate(spec: DictConfig) -> Iterator[str]:
+    """Every metadata rule of every field: bounds, enums, math conditions, relations."""
+    for key, meta, value in iter_fields(spec):
+        yield from _check_value(spec, key, meta, value)
+    metric = spec.automl.metric
+    if metric and metric.split("/")[-1] not in METRIC_NAMES:
+        yield f"automl.metric: '{metric}' is not a metric this platform computes; expected one of {sorted(METRIC_NAMES)}"
+
+
+def check_action_inputs(spec: DictConfig, action: str, need_checkpoint: bool = True) -> Iterator[str]:
+    """The inputs `action` reads must be set (and, for data, exist) before any work starts."""
+    if action not in ACTIONS:
+        raise ValueError(f"unknown action {action}")
+    splits = {"train": ("train", "val"), "evaluate": ("val",)}.get(action, ())
+    if splits or action == "inference":
+        yield from _check_path(spec, "dataset.label_map")
+    for split in splits:
+        yield from _check_split(spec, split)
+    if action == "inference":
+        yield from _check_path(spec, "dataset.test.img_dir")
+    checkpoint_key = {
+        "evaluate": "evaluate.checkpoint",
+        "inference": "inference.checkpoint",
+        "export": "export.checkpoint",
+        "quantize": "quantize.model_path",
+        "gen_trt_engine": "gen_trt_engine.onnx_file",
+    }.get(action)
+    if checkpoint_key and need_checkpoint:
+        engine_key = f"{action}.trt_engine" if action in ("evaluate", "inference") else None
+        if not OmegaConf.select(spec, checkpoint_key) and not (engine_key and OmegaConf.select(spec, engine_key)):
+            yield f"{checkpoint_key}: required for {action} (a file, or 'best'/'latest' of this results_dir)"
+
+
+def iter_fields(spec: DictConfig, cls: type = ExperimentConfig, prefix: str = "") -> Iterator[tuple[str, dict, Any]]:
+    """(dotted key, metadata, value) of every leaf field of the spec."""
+    for f in fields(cls):
+        key = f"{prefix}{f.name}"
+        sub = _dataclass_type(f)
+        if sub is not None:
+            yield from iter_fields(spec[f.name], sub, key + ".")
+        else:
+            yield key, dict(f.metadata), spec[f.name]
+
+
+def _check_value(spec: DictConfig, key: str, meta: dict, value: Any) -> Iterator[str]:
+    items = list(value) if isinstance(value, (list, tuple)) or OmegaConf.is_list(value) else [value]
+    numbers = [v for v in items if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    low, high = meta.get("valid_min"), meta.get("valid_max")
+    for v in numbers:
+        if (low is not None and v < low) or (high is not None and v > high):
+            yield f"{key}: {v!r} is out of bounds; expected {low} <= value <= {high}"
+    options = meta.get("valid_options")
+    if options is not None and value is not None and value not in options:
+        yield f"{key}: {value!r} is not one of {options}"
+    cond = meta.get("math_cond")
+    if cond:
+        for v in numbers:
+            if not math_cond_holds(cond, v):
+                yield f"{key}: {v!r} breaks the condition '{cond}' ({describe_math_cond(cond)})"
+    for relation in meta.get("depends_on") or ():
+        op, other_key = _parse_relation(relation)
+        if op is None or value is None:
+            continue
+        other = OmegaConf.select(spec, other_key)
+        if other is not None and not _compare(value, op, other):
+            yield f"{key}: {value!r} must be {op} {other_key} ({other!r})"
+
+
+def math_cond_holds(cond: str, value: float) -> bool:
+    """'/ 8': a multiple of 8; '^ 2': a power of 2; '> x', '>= x', '>x': a lower bound."""
+    op, _, operand = cond.strip().partition(" ")
+    if not operand:  # compact forms such as '>0'
+        op = cond.strip().rstrip("0123456789.")
+        operand = cond.strip()[len(op):]
+    number = float(operand)
+    if op == "/":
+        return value % number == 0
+    if op == "^":
+        if value < 1:
+            return False
+        power = 1
+        while power < value:
+            power *= number
+        return power == value
+    return _compare(value, op, number)
+
+
+def describe_math_cond(cond: str) -> str:
+    op, _, operand = cond.strip().partition(" ")
+    return {"/": f"a multiple of {operand}", "^": f"a power of {operand}"}.get(op, f"a value {cond.strip()}")
+
+
+def _parse_relation(relation: str) -> tuple[str | None, str]:
+    """'>= other.key' -> ('>=', 'other.key'); activation conditions ('k == v') -> (None, ...)."""
+    parts = relation.split()
+    if len(parts) == 2 and parts[0] in (">", ">=", "<", "<="):
+        return parts[0], parts[1]
+    return None, relation
+
+
+def _compare(a: float, op: str, b: float) -> bool:
+    return {">": a > b, ">=": a >= b, "<": a < b, "<=": a <= b}[op]
+
+
+def _check_split(spec: DictConfig, split: str) -> Iterator[str]:
+    cfg = spec.dataset[split]
+    allowed = MODE_DATASET_TYPES[spec.model.mode]
+    if cfg.type not in allowed:
+        yield f"dataset.{split}.type: '{cfg.type}' data cannot train or score model.mode '{spec.model.mode}'; expected one of {list(allowed)}"
+    for name in SPLIT_PATHS[cfg.type]:
+        yield from _check_path(spec, f"dataset.{split}.{name}", why=f"for dataset.{split}.type '{cfg.type}'")
+    if cfg.type == "ade" and cfg.annot_file and cfg.root_dir:
+        annot = os.path.join(cfg.root_dir, cfg.annot_file)
+        if not os.path.exists(annot):
+            yield f"dataset.{split}.annot_file: {annot} does not exist"
+
+
+def _check_path(spec: DictConfig, key: str, why: str = "") -> Iterator[str]:
+    value = OmegaConf.select(spec, key)
+    if not value:
+        yield f"{key}: required{' ' + why if why else ''}"
+    elif not os.path.exists(value):
+        yield f"{key}: {value} does not exist"
+
+
+def _apply_swin_preset(spec: DictConfig, user: dict, dotted: dict, source: str) -> None:
+    """A named Swin size decides embed_dim/depths/num_heads; a differing explicit value is an error."""
+    swin = spec.model.backbone.swin
+    preset = SWIN_PRESETS.get(swin.type)
+    if preset is None:
+        return
+    for layer, where in ((user, source), (dotted, "command line")):
+        given = layer.get("model", {}).get("backbone", {}).get("swin", {})
+        for name, expected in zip(("embed_dim", "depths", "num_heads"), preset):
+            if name in given and given[name] != expected:
+                raise UserError(
+                    f"{where}: model.backbone.swin.{name}={given[name]!r} conflicts with swin.type "
+                    f"'{swin.type}' ({expected!r}); set model.backbone.swin.type: custom to build your own"
+                )
+    swin.embed_dim, swin.depths, swin.num_heads = preset[0], list(preset[1]), list(preset[2])
+
+
+def _make_paths_absolute(spec: DictConfig, cls: type = ExperimentConfig) -> None:
+    for f in fields(cls):
+        sub = _dataclass_type(f)
+        if sub is not None:
+            _make_paths_absolute(spec[f.name], sub)
+        elif f.metadata.get("is_path"):
+            value = spec[f.name]
+            if value and value not in CHECKPOINT_KEYWORDS and "://" not in value:
+                spec[f.name] = os.path.abspath(os.path.expanduser(value))
+
+
+def _drop_missing_markers(data: Any) -> Any:
+    """The reference templates write '???' for required values: treat them as unset."""
+    if isinstance(data, dict):
+        return {k: _drop_missing_markers(v) for k, v in data.items() if v != MISSING}
+    return data
+
+
+def _dataclass_type(f) -> type | None:
+    default = f.default_factory() if callable(f.default_factory) else None  # type: ignore[misc]
+    return type(default) if is_dataclass(default) else None
+
+
+def _describe(err: OmegaConfBaseException) -> str:
+    key = getattr(err, "full_key", None) or getattr(err, "key", None) or "?"
+    message = str(getattr(err, "msg", None) or err).splitlines()[0]
+    return f"{key}: {message}"
+

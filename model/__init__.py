@@ -1,0 +1,1 @@
+"""Mask2Former: universal image segmentation (panoptic, instance, semantic) in plain PyTorch."""

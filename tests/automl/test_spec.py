@@ -1,0 +1,181 @@
+"""Loading specs: reference templates, overrides, and every kind of bad input."""
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from automl.spec import load_spec
+from automl.spec.load import math_cond_holds, parse_overrides
+from model.errors import UserError
+
+REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "tao-mask2former"
+
+
+def write(tmp_path, text: str) -> Path:
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("action", ["train", "evaluate", "inference", "export", "gen_trt_engine", "quantize"])
+def test_reference_templates_load(action):
+    spec = load_spec(REFERENCE / f"spec_template_{action}.yaml")
+    assert spec.model.mask_former.num_object_queries == 100
+    assert spec.model.sem_seg_head.num_classes == 200
+
+
+def test_reference_values_survive_and_ignored_sections_warn(caplog):
+    with caplog.at_level(logging.WARNING):
+        spec = load_spec(REFERENCE / "spec_template_train.yaml")
+    assert spec.train.optim.milestones == [88, 96]
+    assert spec.dataset.augmentation.train_crop_size == [640, 640]
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert "'wandb'" in warned and "'encryption_key'" in warned and "ignored" in warned
+
+
+def test_overrides_are_typed_and_win_over_the_file(tmp_path):
+    path = write(tmp_path, "train:\n  optim:\n    lr: 0.001\nmodel:\n  mode: semantic\n")
+    spec = load_spec(path, ["train.optim.lr=1e-4", "model.mode=instance", "train.num_epochs=3", "automl.resources_per_trial.gpu=0.25"])
+    assert spec.train.optim.lr == pytest.approx(1e-4)
+    assert isinstance(spec.train.optim.lr, float)
+    assert spec.model.mode == "instance"
+    assert spec.train.num_epochs == 3
+    assert spec.automl.resources_per_trial["gpu"] == 0.25
+
+
+def test_parse_overrides_nests_dotted_keys():
+    assert parse_overrides(["a.b.c=1", "a.b.d=x", "e=[1, 2]"]) == {"a": {"b": {"c": 1, "d": "x"}}, "e": [1, 2]}
+    with pytest.raises(UserError, match="must look like section.key=value"):
+        parse_overrides(["train.optim.lr"])
+
+
+def test_unknown_key_in_file_suggests_the_right_one(tmp_path):
+    path = write(tmp_path, "train:\n  optim:\n    learning_rate: 0.1\n    weight_decy: 0.1\n")
+    with pytest.raises(UserError) as info:
+        load_spec(path)
+    assert "spec.yaml: unknown key 'train.optim.learning_rate'" in str(info.value)
+    assert "spec.yaml: unknown key 'train.optim.weight_decy'; did you mean train.optim.weight_decay?" in str(info.value)
+
+
+def test_unknown_key_on_command_line():
+    with pytest.raises(UserError, match=r"command line: unknown key 'model.mask_former.num_queries'; did you mean model.mask_former.num_object_queries"):
+        load_spec(None, ["model.mask_former.num_queries=50"])
+
+
+def test_wrong_type_names_the_key(tmp_path):
+    path = write(tmp_path, "train:\n  num_epochs: many\n")
+    with pytest.raises(UserError, match=r"spec.yaml: train.num_epochs: Value 'many'.*Integer"):
+        load_spec(path)
+
+
+def test_section_given_a_scalar(tmp_path):
+    with pytest.raises(UserError, match="'train.optim' is a section; expected a mapping"):
+        load_spec(write(tmp_path, "train:\n  optim: 3\n"))
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.optim.lr=0.5", r"train.optim.lr: 0.5 is out of bounds; expected 1e-06 <= value <= 0.01"),
+        ("model.mask_former.num_object_queries=0", r"num_object_queries: 0 is out of bounds"),
+        ("dataset.augmentation.train_crop_size=[640,10]", r"train_crop_size: 10 is out of bounds"),
+        ("model.mode=panoptc", r"model.mode: 'panoptc' is not one of \['panoptic', 'instance', 'semantic'\]"),
+        ("model.mask_former.hidden_dim=100", r"hidden_dim: 100 breaks the condition '/ 8' \(a multiple of 8\)"),
+        ("model.mask_former.nheads=6", r"nheads: 6 breaks the condition '\^ 2' \(a power of 2\)"),
+        ("model.mask_former.dim_feedforward=128", r"dim_feedforward: 128 must be >= model.mask_former.hidden_dim \(256\)"),
+        ("dataset.augmentation.test_max_size=320", r"test_max_size: 320 must be >= dataset.augmentation.test_min_size"),
+    ],
+)
+def test_bad_values_are_refused_with_the_key(override, message):
+    with pytest.raises(UserError, match=message):
+        load_spec(None, [override])
+
+
+def test_all_errors_reported_together():
+    with pytest.raises(UserError) as info:
+        load_spec(None, ["train.optim.lr=2", "model.mode=x"])
+    assert "train.optim.lr" in str(info.value) and "model.mode" in str(info.value)
+
+
+def test_yaml_syntax_error_gives_the_line(tmp_path):
+    path = write(tmp_path, "train:\n  num_epochs: 3\n  optim: [lr: 1\n")
+    with pytest.raises(UserError, match=r"spec.yaml:\d+:\d+: YAML syntax error"):
+        load_spec(path)
+
+
+def test_top_level_must_be_a_mapping(tmp_path):
+    with pytest.raises(UserError, match="expected a mapping"):
+        load_spec(write(tmp_path, "- 1\n- 2\n"))
+
+
+def test_missing_spec_file():
+    with pytest.raises(UserError, match="nope.yaml: spec file not found"):
+        load_spec("nope.yaml")
+
+
+def test_train_needs_data_paths_for_its_dataset_type(tmp_path):
+    path = write(tmp_path, "dataset:\n  train:\n    type: coco_panoptic\n    img_dir: /does/not/exist\n  val:\n    type: ade\n")
+    with pytest.raises(UserError) as info:
+        load_spec(path, action="train")
+    text = str(info.value)
+    assert "dataset.label_map: required" in text
+    assert "dataset.train.img_dir: /does/not/exist does not exist" in text
+    assert "dataset.train.panoptic_json: required for dataset.train.type 'coco_panoptic'" in text
+    assert "dataset.val.type: 'ade' data cannot train or score model.mode 'panoptic'" in text
+
+
+def test_semantic_ade_split_needs_root_dir_only(tmp_path):
+    (tmp_path / "ade").mkdir()
+    (tmp_path / "labels.json").write_text("[]")
+    overrides = ["model.mode=semantic", f"dataset.label_map={tmp_path / 'labels.json'}"]
+    for split in ("train", "val"):
+        overrides += [f"dataset.{split}.type=ade", f"dataset.{split}.root_dir={tmp_path / 'ade'}"]
+    spec = load_spec(None, overrides, action="train")
+    assert spec.dataset.val.root_dir == str(tmp_path / "ade")
+
+
+@pytest.mark.parametrize("action, key", [("evaluate", "evaluate.checkpoint"), ("export", "export.checkpoint"), ("quantize", "quantize.model_path")])
+def test_actions_need_their_checkpoint(action, key):
+    with pytest.raises(UserError, match=rf"{key}: required for {action}"):
+        load_spec(None, action=action)
+
+
+def test_reference_missing_marker_counts_as_unset():
+    with pytest.raises(UserError, match="export.checkpoint: required for export"):
+        load_spec(REFERENCE / "spec_template_export.yaml", action="export")
+
+
+def test_named_swin_fixes_the_architecture_and_conflicts_are_refused(tmp_path):
+    spec = load_spec(None, ["model.backbone.swin.type=base"])
+    assert (spec.model.backbone.swin.embed_dim, list(spec.model.backbone.swin.depths)) == (128, [2, 2, 18, 2])
+    with pytest.raises(UserError, match=r"swin.embed_dim=64 conflicts with swin.type 'tiny' \(96\)"):
+        load_spec(write(tmp_path, "model:\n  backbone:\n    swin:\n      embed_dim: 64\n"))
+    custom = load_spec(None, ["model.backbone.swin.type=custom", "model.backbone.swin.embed_dim=32", "model.backbone.swin.depths=[1,1,1,1]"])
+    assert custom.model.backbone.swin.embed_dim == 32 and list(custom.model.backbone.swin.depths) == [1, 1, 1, 1]
+
+
+def test_paths_become_absolute_but_keywords_stay(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    spec = load_spec(None, ["results_dir=out", "export.checkpoint=best", "dataset.label_map=labels.json"])
+    assert spec.results_dir == str(tmp_path / "out")
+    assert spec.dataset.label_map == str(tmp_path / "labels.json")
+    assert spec.export.checkpoint == "best"
+
+
+def test_empty_results_dir_means_results(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    assert load_spec(None, ["results_dir="]).results_dir == str(tmp_path / "results")
+
+
+def test_unknown_metric_is_refused():
+    with pytest.raises(UserError, match="automl.metric: 'PQQ' is not a metric"):
+        load_spec(None, ["automl.metric=PQQ"])
+
+
+@pytest.mark.parametrize(
+    "cond, value, holds",
+    [("/ 8", 64, True), ("/ 8", 60, False), ("^ 2", 16, True), ("^ 2", 12, False), ("^ 2", 1, True), ("> 0.0", 0.0, False), (">0", 1, True), (">= 1", 1, True)],
+)
+def test_math_conditions(cond, value, holds):
+    assert math_cond_holds(cond, value) is holds
