@@ -1,0 +1,145 @@
+"""Mask2Former's training losses: classification and point-sampled mask losses on matched queries.
+
+After Hungarian matching, every query is trained to predict its target's class (or no-object);
+each matched query's mask is trained with sigmoid BCE and dice on points chosen where the
+predicted mask is most uncertain. With deep supervision every decoder layer's prediction
+gets the same losses.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from model.matcher import HungarianMatcher, Indices
+from model.point_sampling import calculate_uncertainty, point_sample, uncertain_point_coords
+
+_AUX_SUFFIX = re.compile(r"_\d+$")  # loss_ce_3: loss_ce of auxiliary prediction 3
+
+
+class SetCriterion(nn.Module):
+    """Matches predictions to targets and computes the unweighted losses of every prediction set.
+
+    Args:
+        num_classes: K, the number of classes without no-object.
+        matcher: assigns queries to targets.
+        class_weight, mask_weight, dice_weight: weights of loss_ce, loss_mask and loss_dice.
+        no_object_weight: cross-entropy weight of the no-object class (the others weigh 1).
+        num_points, oversample_ratio, importance_sample_ratio: point sampling of the mask losses
+            (see `model.point_sampling.uncertain_point_coords`).
+        deep_supervision: also compute the losses of the auxiliary predictions.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        matcher: HungarianMatcher,
+        class_weight: float = 2.0,
+        mask_weight: float = 5.0,
+        dice_weight: float = 5.0,
+        no_object_weight: float = 0.1,
+        num_points: int = 12544,
+        oversample_ratio: float = 3.0,
+        importance_sample_ratio: float = 0.75,
+        deep_supervision: bool = True,
+    ):
+        super().__init__()
+        self.num_classes = num_classes
+        self.matcher = matcher
+        # the weight of each loss; the auxiliary loss loss_x_i weighs as loss_x
+        self.weight_dict = {"loss_ce": class_weight, "loss_mask": mask_weight, "loss_dice": dice_weight}
+        self.num_points, self.oversample_ratio, self.importance_sample_ratio = num_points, oversample_ratio, importance_sample_ratio
+        self.deep_supervision = deep_supervision
+        empty_weight = torch.ones(num_classes + 1)
+        empty_weight[-1] = no_object_weight
+        self.register_buffer("empty_weight", empty_weight)
+
+    def forward(self, outputs: dict, targets: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Unweighted losses of the final and (with deep supervision) every auxiliary prediction.
+
+        Args:
+            outputs: "pred_logits" (B, Q, K+1), "pred_masks" (B, Q, h, w) and "aux_outputs", a list
+                of dicts of the two (the earlier decoder layers' predictions).
+            targets: B dicts of "labels" (N_i,) int64 in 0..K-1 and "masks" (N_i, H, W) bool/uint8
+                over the padded input (any resolution: masks are compared at normalised points).
+
+        Returns {loss_ce, loss_mask, loss_dice} of the final prediction and the same keys with
+        suffix _0, _1, ... for the auxiliary ones.
+        """
+        sets = [outputs] + (list(outputs.get("aux_outputs", [])) if self.deep_supervision else [])
+        indices = self.matcher.match_all(sets, targets)
+        num_masks = self._num_masks(targets, outputs["pred_logits"].device)
+        losses = {}
+        for i, (predictions, set_indices) in enumerate(zip(sets, indices)):
+            suffix = "" if i == 0 else f"_{i - 1}"
+            losses[f"loss_ce{suffix}"] = self.loss_labels(predictions["pred_logits"], targets, set_indices)
+            losses[f"loss_mask{suffix}"], losses[f"loss_dice{suffix}"] = self.loss_masks(
+                predictions["pred_masks"], targets, set_indices, num_masks
+            )
+        return losses
+
+    def total_loss(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The training loss: the sum of `losses` times their weights."""
+        return sum(self.weight_dict[_AUX_SUFFIX.sub("", name)] * value for name, value in losses.items())
+
+    def loss_labels(self, logits: torch.Tensor, targets: Sequence[dict[str, torch.Tensor]], indices: Indices) -> torch.Tensor:
+        """Cross-entropy of logits (B, Q, K+1) against the matched labels, no-object elsewhere."""
+        target_classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device)
+        batch, query = _matched_queries(indices)
+        target_classes[batch, query] = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices)]).to(logits.device)
+        return F.cross_entropy(logits.float().transpose(1, 2), target_classes, self.empty_weight)
+
+    def loss_masks(
+        self, masks: torch.Tensor, targets: Sequence[dict[str, torch.Tensor]], indices: Indices, num_masks: torch.Tensor | float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sigmoid BCE and dice of the matched masks (B, Q, h, w), each summed over masks / num_masks."""
+        batch, query = _matched_queries(indices)
+        if len(batch) == 0:
+            zero = masks.sum() * 0.0  # keeps the masks in the graph
+            return zero, zero
+        matched = masks[batch, query].float()[:, None]  # (M, 1, h, w)
+        with torch.no_grad():
+            coords = uncertain_point_coords(
+                matched, calculate_uncertainty, self.num_points, self.oversample_ratio, self.importance_sample_ratio
+            )  # (M, P, 2)
+            labels = torch.cat(
+                [
+                    point_sample(t["masks"][j].to(masks.device, torch.float32)[:, None], image_coords)[:, 0]
+                    for t, (_, j), image_coords in zip(targets, indices, coords.split([len(j) for _, j in indices]))
+                    if len(j)
+                ]
+            )  # (M, P): each target mask at the points of its matched prediction
+        logits = point_sample(matched, coords)[:, 0]  # (M, P)
+        return sigmoid_bce_loss(logits, labels, num_masks), dice_loss(logits, labels, num_masks)
+
+    def _num_masks(self, targets: Sequence[dict[str, torch.Tensor]], device: torch.device) -> torch.Tensor:
+        """Targets in the batch, averaged over processes when distributed, at least 1 (a tensor: no host sync)."""
+        num_masks = torch.tensor(float(sum(len(t["labels"]) for t in targets)), device=device)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(num_masks)
+            num_masks = num_masks / dist.get_world_size()
+        return num_masks.clamp(min=1)
+
+
+def sigmoid_bce_loss(logits: torch.Tensor, labels: torch.Tensor, num_masks: torch.Tensor | float) -> torch.Tensor:
+    """Point-averaged sigmoid BCE of logits (M, P) against labels (M, P) in [0, 1], summed / num_masks."""
+    return F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(1).sum() / num_masks
+
+
+def dice_loss(logits: torch.Tensor, labels: torch.Tensor, num_masks: torch.Tensor | float) -> torch.Tensor:
+    """1 - (2|p t| + 1) / (|p| + |t| + 1) per mask, p = sigmoid(logits) (M, P), summed / num_masks."""
+    p = logits.sigmoid()
+    dice = (2 * (p * labels).sum(-1) + 1) / (p.sum(-1) + labels.sum(-1) + 1)
+    return (1 - dice).sum() / num_masks
+
+
+def _matched_queries(indices: Indices) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image index, query index) of every matched query, images in order."""
+    batch = torch.cat([torch.full_like(queries, i) for i, (queries, _) in enumerate(indices)])
+    query = torch.cat([queries for queries, _ in indices])
+    return batch, query
