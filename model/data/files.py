@@ -1,0 +1,90 @@
+"""Reading the user's data files (JSON, JSON lines, images, label PNGs) with errors that name the file.
+
+Every failure a user can cause here (missing file, unparseable content, wrong image mode) is a
+`UserError` whose message says which file and what was expected.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+
+from model.errors import UserError
+
+
+def read_json(path: str | Path) -> Any:
+    """The parsed content of a JSON file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not valid JSON ({e})") from None
+
+
+def read_jsonl(path: str | Path) -> list[Any]:
+    """One parsed JSON value per non-blank line of a JSON-lines file."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not a UTF-8 text file ({e})") from None
+    values = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            values.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}, line {number}: not valid JSON ({e})") from None
+    return values
+
+
+def _open_image(path: Path) -> Image.Image:
+    try:
+        return Image.open(path)
+    except FileNotFoundError:
+        raise UserError(f"{path}: image file not found") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise UserError(f"{path}: not a readable image ({e})") from None
+
+
+def read_image_size(path: Path) -> tuple[int, int]:
+    """(height, width) of an image as `read_rgb` returns it, from its header only (EXIF rotation applied)."""
+    with _open_image(path) as image:
+        width, height = image.size
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """An image as (H, W, 3) uint8 RGB, turned upright by its EXIF orientation."""
+    with _open_image(path) as image:
+        try:
+            return np.array(ImageOps.exif_transpose(image).convert("RGB"))
+        except OSError as e:
+            raise UserError(f"{path}: image is truncated or corrupt ({e})") from None
+
+
+def read_label_png(path: Path, expect_rgb: bool) -> np.ndarray:
+    """A label PNG: (H, W, 3) uint8 when `expect_rgb` (COCO panoptic ids), else (H, W) of its integer values.
+
+    Palette PNGs give their palette indices when a single channel is expected.
+    """
+    with _open_image(path) as image:
+        try:
+            if expect_rgb:
+                if image.mode not in ("RGB", "RGBA", "P"):
+                    raise UserError(f"{path}: expected an RGB panoptic PNG (id = R + 256 G + 256^2 B), got mode {image.mode}")
+                return np.array(image.convert("RGB"))
+            if image.mode not in ("L", "P", "I", "I;16"):
+                raise UserError(f"{path}: expected a single-channel mask PNG (pixel value = category id), got mode {image.mode}")
+            return np.array(image).astype(np.int64)
+        except OSError as e:
+            raise UserError(f"{path}: label image is truncated or corrupt ({e})") from None
