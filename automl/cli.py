@@ -10,19 +10,22 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import typer
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from automl.spec import load_spec
+from automl.spec.load import check_action_inputs
 from automl.spec.schema import DEFAULT_SCHEMA_DIR, write_schemas
 from model.errors import UserError
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False, help=__doc__.split("\n")[0])
 spec_app = typer.Typer(no_args_is_help=True, help="Inspect specs.")
 app.add_typer(spec_app, name="spec")
+data_app = typer.Typer(no_args_is_help=True, help="Synthetic data and dataset checks.")
+app.add_typer(data_app, name="data")
 console = Console()
 
 SpecOption = typer.Option(..., "-e", "--experiment-spec", help="The experiment spec (YAML).", exists=False)
@@ -40,11 +43,202 @@ def spec_show(spec: Path = SpecOption, overrides: Optional[List[str]] = Override
     console.print(OmegaConf.to_yaml(load(spec, overrides)), highlight=False, markup=False, end="")
 
 
+@data_app.command("synth")
+def data_synth(
+    out: Path = typer.Option(..., "--out", help="Output folder."),
+    num_images: int = typer.Option(24, "--num-images", help="Images in all (a quarter go to val)."),
+    size: Tuple[int, int] = typer.Option((128, 128), "--size", help="Image height and width."),
+    seed: int = typer.Option(0, "--seed"),
+    archives: bool = typer.Option(False, "--archives", help="Also write images.tar.gz and images_panoptic.tar.gz."),
+) -> None:
+    """Write the synthetic dataset in all three formats (COCO panoptic, COCO instance, ADE) with its label map."""
+    from model.data import write_synthetic_dataset
+
+    paths = write_synthetic_dataset(out, num_images=num_images, size=size, seed=seed, archives=archives)
+    console.print(f"wrote {num_images} images of {size[0]}x{size[1]} under {out} (label map {paths['label_map']})", highlight=False)
+
+
+@data_app.command("check")
+def data_check(
+    spec: Path = SpecOption,
+    overrides: Optional[List[str]] = OverridesArgument,
+    split: str = typer.Option("val", "--split", help="train, val or test."),
+) -> None:
+    """Validate a dataset split against the spec and print the counts per class."""
+    from rich.table import Table
+
+    from automl.training import build_label_map
+    from model.data import build_dataset, check_dataset
+
+    cfg = load(spec, overrides)
+    if split not in ("train", "val", "test"):
+        raise UserError(f"--split: '{split}' is not one of train, val, test")
+    label_map = build_label_map(cfg)
+    dataset = build_dataset(
+        cfg.dataset[split], cfg.dataset, cfg.model.mode, is_train=False, cache_root=str(Path(cfg.results_dir) / "cache"), label_map=label_map, split=split
+    )
+    report = check_dataset(dataset)
+    table = Table(title=f"dataset.{split}: {report['images']} images, all valid", header_style="bold")
+    for column in ("id", "name", "isthing", "images", "instances", "crowd"):
+        table.add_column(column, justify="right" if column in ("id", "images", "instances", "crowd") else "left")
+    for row in report["classes"]:
+        table.add_row(*(str(row[c]) for c in ("id", "name", "isthing", "images", "instances", "crowd")))
+    console.print(table)
+
+
+@app.command()
+def convert(
+    from_hf: Path = typer.Option(..., "--from-hf", help="A Hugging Face Mask2FormerForUniversalSegmentation folder (config.json + safetensors)."),
+    out: Path = typer.Option(..., "--out", help="The checkpoint to write (.pth)."),
+) -> None:
+    """Import a public Mask2Former checkpoint: weights plus the matching model.* spec (fine-tune with train.pretrained_model_path)."""
+    import yaml
+
+    from model.checkpoint import save_weights
+    from model.convert import convert_hf_checkpoint
+
+    state, model_values = convert_hf_checkpoint(str(from_hf))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_weights(out, state, {"model": model_values})
+    console.print(f"wrote {out} ({len(state)} tensors). Its model section, for your spec:", highlight=False)
+    console.print(yaml.safe_dump({"model": model_values}, sort_keys=False), highlight=False, markup=False)
+
+
 @app.command()
 def schema(out: Path = typer.Option(DEFAULT_SCHEMA_DIR, "--out", help="Output folder.")) -> None:
     """Write <action>.schema.json, spec templates and manifest.json from the spec dataclasses."""
     for path in write_schemas(out):
         console.print(f"wrote {path}", highlight=False)
+
+
+@app.command()
+def launch(
+    spec: Path = SpecOption,
+    overrides: Optional[List[str]] = OverridesArgument,
+    policy: Optional[str] = typer.Option(None, "--policy", help="on: hyperparameter sweep (default); off: one training run."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted sweep of this spec."),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow server (default: sqlite store in results_dir)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Join a Ray cluster ('auto' or ray://host:port)."),
+) -> None:
+    """Train: a sweep over the search space (--policy on) or one plain run (--policy off), tracked in MLflow."""
+    extra = [f"automl.{key}={value}" for key, value in (("policy", policy), ("tracking_uri", tracking_uri), ("ray_address", ray_address)) if value]
+    cfg = load(spec, [*(overrides or []), *extra], action="train")
+    if cfg.automl.policy == "off":
+        from automl.launch import train_once
+
+        train_once(cfg, spec)
+        return
+    from automl.sweep import run_sweep
+
+    result = run_sweep(cfg, spec, resume=resume)
+    print_leaderboard(cfg, spec, result.parent_run_id)
+    console.print(f"best checkpoint: {result.best_checkpoint}", highlight=False)
+    _print_ui_hint(cfg)
+
+
+@app.command()
+def evaluate(
+    spec: Path = SpecOption,
+    overrides: Optional[List[str]] = OverridesArgument,
+    predictions: Optional[Path] = typer.Option(None, "--predictions", help="Score these prediction files instead of a checkpoint."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Validation batch size."),
+) -> None:
+    """Score evaluate.checkpoint ('best', 'latest' or a file) on dataset.val, or --predictions of any system."""
+    from automl.actions.evaluate import evaluate_checkpoint, evaluate_predictions, print_metrics, write_metrics
+    from automl.training import build_label_map
+
+    cfg = load(spec, overrides)
+    errors = list(check_action_inputs(cfg, "evaluate", need_checkpoint=predictions is None))
+    if errors:
+        raise UserError(f"{spec}: invalid spec:\n  - " + "\n  - ".join(errors))
+    if predictions is not None:
+        metrics = evaluate_predictions(cfg, predictions)
+    else:
+        metrics = evaluate_checkpoint(cfg, cfg.evaluate.checkpoint, batch_size or (cfg.evaluate.batch_size if cfg.evaluate.batch_size > 0 else None))
+    out = Path(cfg.evaluate.results_dir or Path(cfg.results_dir) / "evaluate")
+    path = write_metrics(metrics, out, build_label_map(cfg))
+    print_metrics(metrics)
+    console.print(f"wrote {path}", highlight=False)
+
+
+@app.command()
+def inference(
+    spec: Path = SpecOption,
+    overrides: Optional[List[str]] = OverridesArgument,
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per batch."),
+) -> None:
+    """Run inference.checkpoint on dataset.test.img_dir: panoptic PNG + JSON, COCO instance results, semantic PNGs, overlays."""
+    from automl.actions.inference import run_inference
+
+    cfg = load(spec, overrides, action="inference")
+    if cfg.inference.trt_engine:
+        raise UserError("inference.trt_engine: TensorRT engines are not run by this release; set inference.checkpoint instead")
+    run_inference(cfg, cfg.inference.checkpoint, batch_size)
+
+
+@app.command()
+def best(
+    spec: Path = SpecOption,
+    overrides: Optional[List[str]] = OverridesArgument,
+    top: int = typer.Option(10, "--top", help="Rows to show."),
+) -> None:
+    """Print the leaderboard of the latest sweep of this spec from MLflow."""
+    cfg = load(spec, overrides)
+    print_leaderboard(cfg, spec, None, top)
+
+
+def print_leaderboard(cfg: DictConfig, spec: Path, parent_id: str | None, top: int = 10) -> None:
+    from rich.table import Table
+
+    from automl.tracking import Tracker, latest_sweep_parent, leaderboard
+    from automl.training import target_metric
+
+    tracker = Tracker.for_spec(cfg, spec)
+    parent_id = parent_id or latest_sweep_parent(tracker)
+    if parent_id is None:
+        raise UserError(f"no sweep of {spec} in {tracker.uri}; run `automl launch -e {spec}` first")
+    metric = target_metric(cfg)
+    rows = leaderboard(tracker, parent_id, metric, cfg.automl.mode, top)
+    table = Table(title=f"Leaderboard by {metric} ({cfg.automl.mode})", header_style="bold")
+    params = sorted({k for row in rows for k in row["params"]})
+    for column in ["#", "trial", "status", metric, *params]:
+        table.add_column(column.rsplit(".", 1)[-1] if column in params else column, justify="right" if column in ("#", metric) else "left")
+    for rank, row in enumerate(rows, 1):
+        value = row[metric]
+        table.add_row(str(rank), row["trial"], row["status"], "-" if value != value else f"{value:.2f}", *(_short(row["params"].get(k, "")) for k in params))
+    console.print(table)
+
+
+def _short(value: str) -> str:
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return f"{number:.3g}" if not number.is_integer() else str(int(number))
+
+
+def _print_ui_hint(cfg: DictConfig) -> None:
+    from automl.tracking import tracking_uri
+
+    uri = tracking_uri(cfg)
+    console.print(f"compare trials:  mlflow ui --backend-store-uri {uri}   (or: automl ui -e SPEC)", highlight=False)
+
+
+@app.command()
+def ui(
+    spec: Path = SpecOption,
+    overrides: Optional[List[str]] = OverridesArgument,
+    port: int = typer.Option(5000, "--port"),
+) -> None:
+    """Start the MLflow UI on 127.0.0.1 for this spec's tracking store."""
+    import subprocess
+
+    from automl.tracking import tracking_uri
+
+    cfg = load(spec, overrides)
+    uri = tracking_uri(cfg)
+    console.print(f"MLflow UI for {uri} on http://127.0.0.1:{port}", highlight=False)
+    subprocess.run([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)], check=False)
 
 
 def main() -> None:

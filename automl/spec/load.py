@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+import re
 from dataclasses import fields, is_dataclass
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -56,6 +57,21 @@ MODE_DATASET_TYPES = {
 }
 
 
+class _SpecLoader(yaml.SafeLoader):
+    """YAML with only true/false as booleans: YAML 1.1 would read `policy: off` as False."""
+
+
+_SpecLoader.yaml_implicit_resolvers = {
+    first: [(tag, regex) for tag, regex in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_SpecLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
+def parse_yaml(text: Any) -> Any:
+    return yaml.load(text, Loader=_SpecLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
 def load_spec(path: str | os.PathLike | None, overrides: Sequence[str] = (), action: str | None = None) -> DictConfig:
     """Read `path` (or only defaults when None), apply `key=value` overrides and validate.
 
@@ -67,28 +83,33 @@ def load_spec(path: str | os.PathLike | None, overrides: Sequence[str] = (), act
     for key in IGNORED_KEYS:
         if key in user:
             log.warning("%s: '%s' is accepted for compatibility and ignored", source, key)
-    user = _drop_missing_markers(user)
-    check_keys(user, ExperimentConfig, source)
+    return build_spec([(_drop_missing_markers(user), source), (parse_overrides(overrides), "command line")], action)
 
-    dotted = parse_overrides(overrides)
-    check_keys(dotted, ExperimentConfig, "command line")
 
+def apply_values(base: dict, values: dict[str, Any]) -> DictConfig:
+    """A resolved spec (as a plain dict) with dotted-key values applied, validated again."""
+    return build_spec([(base, "spec"), (nest(values), "trial values")])
+
+
+def build_spec(layers: Sequence[tuple[dict, str]], action: str | None = None) -> DictConfig:
+    """Defaults, then each (mapping, where it came from) layer in order; then every check."""
+    for layer, where in layers:
+        check_keys(layer, ExperimentConfig, where)
     spec = OmegaConf.structured(ExperimentConfig)
-    for layer, where in ((user, source), (dotted, "command line")):
+    for layer, where in layers:
         try:
             spec = OmegaConf.merge(spec, layer)
         except OmegaConfBaseException as err:
             raise UserError(f"{where}: {_describe(err)}") from None
-
     if not spec.results_dir:  # reference templates leave it empty
         spec.results_dir = "results"
-    _apply_swin_preset(spec, user, dotted, source)
+    _apply_swin_preset(spec, layers)
     _make_paths_absolute(spec)
     errors = list(validate(spec))
     if action is not None:
         errors += list(check_action_inputs(spec, action))
     if errors:
-        raise UserError(f"{source}: invalid spec:\n  - " + "\n  - ".join(errors))
+        raise UserError(f"{layers[0][1]}: invalid spec:\n  - " + "\n  - ".join(errors))
     return spec
 
 
@@ -96,7 +117,7 @@ def read_yaml(path: str | os.PathLike) -> dict:
     """Parse a YAML mapping; a syntax error names the file and line."""
     try:
         with open(path) as f:
-            data = yaml.safe_load(f)
+            data = parse_yaml(f)
     except FileNotFoundError:
         raise UserError(f"{path}: spec file not found") from None
     except yaml.YAMLError as err:
@@ -113,21 +134,28 @@ def read_yaml(path: str | os.PathLike) -> dict:
 
 def parse_overrides(overrides: Iterable[str]) -> dict:
     """`["train.optim.lr=1e-4", "model.mode=instance"]` -> nested dict (values parsed as YAML)."""
-    nested: dict = {}
+    values = {}
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key or any(not part for part in key.split(".")):
             raise UserError(f"command line: override '{item}' must look like section.key=value")
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            values[key] = parse_yaml(raw) if raw != "" else ""
         except yaml.YAMLError:
-            value = raw
+            values[key] = raw
+    return nest(values)
+
+
+def nest(values: dict[str, Any]) -> dict:
+    """{"a.b": 1, "a.c": 2} -> {"a": {"b": 1, "c": 2}}."""
+    nested: dict = {}
+    for key, value in values.items():
         node = nested
         *parents, leaf = key.split(".")
         for part in parents:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise UserError(f"command line: '{key}' overrides a value and one of its sub-keys")
+                raise UserError(f"'{key}' sets a value and one of its sub-keys")
         node[leaf] = value
     return nested
 
@@ -282,13 +310,13 @@ def _check_path(spec: DictConfig, key: str, why: str = "") -> Iterator[str]:
         yield f"{key}: {value} does not exist"
 
 
-def _apply_swin_preset(spec: DictConfig, user: dict, dotted: dict, source: str) -> None:
+def _apply_swin_preset(spec: DictConfig, layers: Sequence[tuple[dict, str]]) -> None:
     """A named Swin size decides embed_dim/depths/num_heads; a differing explicit value is an error."""
     swin = spec.model.backbone.swin
     preset = SWIN_PRESETS.get(swin.type)
     if preset is None:
         return
-    for layer, where in ((user, source), (dotted, "command line")):
+    for layer, where in layers:
         given = layer.get("model", {}).get("backbone", {}).get("swin", {})
         for name, expected in zip(("embed_dim", "depths", "num_heads"), preset):
             if name in given and given[name] != expected:

@@ -179,3 +179,10 @@ def test_unknown_metric_is_refused():
 )
 def test_math_conditions(cond, value, holds):
     assert math_cond_holds(cond, value) is holds
+
+
+def test_on_and_off_stay_words(tmp_path):
+    spec = load_spec(write(tmp_path, "automl:\n  policy: off\ntrain:\n  cudnn:\n    benchmark: true\n"), ["automl.policy=on"])
+    assert spec.automl.policy == "on"
+    assert load_spec(write(tmp_path, "automl:\n  policy: off\n")).automl.policy == "off"
+    assert spec.train.cudnn.benchmark is True

@@ -1,0 +1,1 @@
+"""Actions besides training: evaluate, inference."""

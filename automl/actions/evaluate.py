@@ -1,0 +1,141 @@
+"""`automl evaluate`: score a checkpoint on the validation split, or score prediction files of any system.
+
+Writes `<results_dir>/evaluate/metrics.json` (every score, per class too) and prints the tables.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from automl.training import LATEST_NAME, build_datamodule, build_label_map, build_module, train_dir
+from model.checkpoint import load_weights, read_checkpoint
+from model.data import LabelMap
+from model.data.files import read_label_png
+from model.errors import UserError
+from model.metrics import SemanticMetrics, ap_from_coco_files, pq_from_coco_files
+
+console = Console()
+BEST_FILE = "mask2former_model_best.pth"
+# Parts of the model section that fix the network's shape (taken from the checkpoint).
+ARCHITECTURE_KEYS = ("backbone", "sem_seg_head", "mask_former")
+
+
+def resolve_checkpoint(spec: DictConfig, value: str) -> Path:
+    """'best' (the sweep's winner), 'latest' (of the plain training run) or a path."""
+    if value == "best":
+        path = Path(spec.results_dir) / "best" / BEST_FILE
+    elif value == "latest":
+        path = train_dir(spec) / f"{LATEST_NAME}.pth"
+    else:
+        path = Path(value)
+    if not path.is_file():
+        raise UserError(f"checkpoint '{value}': {path} does not exist")
+    return path
+
+
+def spec_for_checkpoint(spec: DictConfig, checkpoint: dict[str, Any]) -> DictConfig:
+    """The user's spec with the network shape the checkpoint was trained with."""
+    trained = checkpoint.get("spec", {}).get("model", {})
+    spec = spec.copy()
+    for key in ARCHITECTURE_KEYS:
+        if key in trained:
+            spec.model[key] = OmegaConf.merge(spec.model[key], trained[key])
+    return spec
+
+
+def evaluate_checkpoint(spec: DictConfig, checkpoint: str | None, batch_size: int | None = None) -> dict[str, float]:
+    """Validation metrics of `checkpoint` (None: the untrained model, a sweep's baseline)."""
+    if checkpoint is not None:
+        path = resolve_checkpoint(spec, checkpoint)
+        spec = spec_for_checkpoint(spec, read_checkpoint(path))
+    label_map = build_label_map(spec)
+    module = build_module(spec, label_map)
+    if checkpoint is not None:
+        load_weights(module.model, path)
+    datamodule = build_datamodule(spec, label_map, with_train=False)
+    if batch_size:
+        datamodule.val_batch_size = batch_size
+    on_gpu = torch.cuda.is_available()
+    trainer = pl.Trainer(accelerator="gpu" if on_gpu else "cpu", devices=1, logger=False, enable_checkpointing=False, enable_model_summary=False)
+    trainer.validate(module, datamodule=datamodule, verbose=False)
+    return module.validation_metrics
+
+
+def evaluate_predictions(spec: DictConfig, predictions: str | Path) -> dict[str, float]:
+    """Score files made by any system against dataset.val, with no model.
+
+    predictions: a COCO panoptic JSON (its PNGs in the folder of the same stem beside it), a COCO
+    results JSON with RLE masks, or a folder of semantic PNGs named like the images.
+    """
+    path, val = Path(predictions), spec.dataset.val
+    if not path.exists():
+        raise UserError(f"--predictions: {path} does not exist")
+    if path.is_dir():
+        return _semantic_from_pngs(spec, path)
+    content = json.loads(path.read_text())
+    if isinstance(content, dict) and "annotations" in content:
+        if val.type != "coco_panoptic":
+            raise UserError(f"--predictions: {path} is a panoptic prediction, but dataset.val.type is '{val.type}'")
+        png_dir = path.with_suffix("")
+        if not png_dir.is_dir():
+            raise UserError(f"--predictions: the PNG folder {png_dir} of {path} does not exist")
+        return pq_from_coco_files(val.panoptic_json, val.panoptic_dir, path, png_dir)
+    if isinstance(content, list):
+        gt_json = val.instance_json
+        if not gt_json:
+            raise UserError("--predictions: scoring COCO results needs dataset.val.instance_json")
+        return ap_from_coco_files(gt_json, path)
+    raise UserError(f"--predictions: {path} is neither COCO panoptic predictions nor a COCO results list")
+
+
+def _semantic_from_pngs(spec: DictConfig, folder: Path) -> dict[str, float]:
+    label_map = build_label_map(spec)
+    dataset = build_datamodule(spec, label_map, with_train=False).val_set
+    metrics = SemanticMetrics(spec.model.sem_seg_head.num_classes)
+    for index in range(len(dataset)):
+        stem = Path(dataset.reader.images[index].file_name).stem
+        png = folder / f"{stem}.png"
+        if not png.exists():
+            raise UserError(f"--predictions: {png} is missing (one PNG of category ids per validation image)")
+        # Every pixel must carry a category id of the label map (unknown ids are a UserError).
+        predicted = label_map.train_ids(read_label_png(png, expect_rgb=False), str(png))
+        metrics.update(predicted, dataset.ground_truth(index)["semantic"])
+    return metrics.compute()
+
+
+def write_metrics(metrics: dict[str, float], out_dir: str | Path, label_map: LabelMap | None = None) -> Path:
+    """metrics.json: headline scores and a per-class table (NaN written as null)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
+    headline = {k: v for k, v in clean.items() if "/" not in k}
+    per_class: dict[str, dict[str, Any]] = {}
+    for key, value in clean.items():
+        if "/" in key:
+            name, cls = key.split("/", 1)
+            row = per_class.setdefault(cls, {"class": cls})
+            if label_map is not None and cls.isdigit() and int(cls) in label_map.names:
+                row["name"] = label_map.names[int(cls)]
+            row[name] = value
+    path = out / "metrics.json"
+    path.write_text(json.dumps({"metrics": headline, "per_class": list(per_class.values())}, indent=2))
+    return path
+
+
+def print_metrics(metrics: dict[str, float], title: str = "Evaluation") -> None:
+    table = Table(title=title, header_style="bold")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        if "/" not in key:
+            table.add_row(key, "-" if value != value else f"{value:.2f}")
+    console.print(table)

@@ -1,0 +1,199 @@
+"""MLflow tracking: where the store is, one run per training (or per trial under a sweep's parent).
+
+Everything goes through an explicit `MlflowClient`, never MLflow's global "active run", so the
+sweep driver can write many runs from one process (the only writer of the SQLite store).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_only
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.tracking import MlflowClient
+from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
+from omegaconf import DictConfig, OmegaConf
+
+TRIAL_TAG = "automl.trial_id"
+PARENT_TAG = "mlflow.parentRunId"
+REGISTERED_MODEL = "mask2former"
+
+
+def tracking_uri(spec: DictConfig) -> str:
+    """`automl.tracking_uri`, else the embedded store `sqlite:///<results_dir>/mlflow.db`."""
+    if spec.automl.tracking_uri:
+        return spec.automl.tracking_uri
+    return f"sqlite:///{Path(spec.results_dir) / 'mlflow.db'}"
+
+
+def experiment_name(spec: DictConfig, spec_path: str | os.PathLike | None) -> str:
+    if spec.automl.experiment_name:
+        return spec.automl.experiment_name
+    return Path(spec_path).stem if spec_path else "mask2former"
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mapping -> {dotted.key: value} (lists kept as values)."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def spec_params(spec: DictConfig) -> dict[str, Any]:
+    """The parameters worth logging: the whole resolved spec minus sections no training reads."""
+    tree = OmegaConf.to_container(spec, resolve=True)
+    for unused in ("wandb", "encryption_key", "evaluate", "inference", "export", "gen_trt_engine", "quantize"):
+        tree.pop(unused, None)
+    return flatten(tree)
+
+
+def run_tags(spec: DictConfig) -> dict[str, str]:
+    backbone = spec.model.backbone.type
+    if backbone == "swin":
+        backbone = f"swin_{spec.model.backbone.swin.type}"
+    return {
+        "mode": spec.model.mode,
+        "backbone": backbone,
+        "dataset": spec.dataset.train.name or spec.dataset.train.type,
+    }
+
+
+class Tracker:
+    """One MLflow experiment in one store, with the few operations this platform needs."""
+
+    def __init__(self, uri: str, experiment: str, artifact_root: str | os.PathLike | None = None):
+        self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        self.uri = uri
+        found = self.client.get_experiment_by_name(experiment)
+        if found is not None:
+            self.experiment_id = found.experiment_id
+        else:
+            location = Path(artifact_root).resolve().as_uri() if artifact_root else None
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+
+    @classmethod
+    def for_spec(cls, spec: DictConfig, spec_path: str | os.PathLike | None) -> "Tracker":
+        """The spec's store; the embedded one keeps its artifacts in <results_dir>/mlartifacts."""
+        uri = tracking_uri(spec)
+        artifacts = Path(spec.results_dir) / "mlartifacts" if uri.startswith("sqlite:") else None
+        Path(spec.results_dir).mkdir(parents=True, exist_ok=True)
+        return cls(uri, experiment_name(spec, spec_path), artifacts)
+
+    def start_run(self, name: str, params: Mapping[str, Any] = (), tags: Mapping[str, str] = (), parent_id: str | None = None) -> str:
+        all_tags = dict(tags)
+        if parent_id:
+            all_tags[PARENT_TAG] = parent_id
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
+        self.log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    def find_child(self, parent_id: str, trial_id: str) -> str | None:
+        """The child run of `parent_id` already logging trial `trial_id` (a resumed sweep reuses it)."""
+        runs = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}' and tags.`{TRIAL_TAG}` = '{trial_id}'"
+        )
+        return runs[0].info.run_id if runs else None
+
+    def children(self, parent_id: str) -> list:
+        return list(self.client.search_runs([self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'", max_results=10000))
+
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        items = [Param(key, _param_value(value)) for key, value in dict(params).items()]
+        for chunk in _chunks(items, MAX_PARAMS_TAGS_PER_BATCH):
+            self.client.log_batch(run_id, params=chunk)
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        items = [
+            Metric(_metric_key(key), float(value), now, step)
+            for key, value in metrics.items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        ]
+        for chunk in _chunks(items, MAX_METRICS_PER_BATCH):
+            self.client.log_batch(run_id, metrics=chunk)
+
+    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifact(self, run_id: str, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(Path(path).resolve()), artifact_path)
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    def run_status(self, run_id: str) -> str:
+        return RunStatus.to_string(RunStatus.from_string(self.client.get_run(run_id).info.status))
+
+    def register(self, run_id: str, artifact_path: str, name: str = REGISTERED_MODEL) -> int:
+        """Register an artifact of `run_id` as a new version of model `name`; returns the version."""
+        if not self.client.search_registered_models(filter_string=f"name = '{name}'"):
+            self.client.create_registered_model(name)
+        source = f"{self.client.get_run(run_id).info.artifact_uri}/{artifact_path}"
+        return int(self.client.create_model_version(name, source, run_id=run_id).version)
+
+
+def _param_value(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= MAX_PARAM_VAL_LENGTH else text[: MAX_PARAM_VAL_LENGTH - 3] + "..."
+
+
+def _metric_key(key: str) -> str:
+    # MLflow keys allow letters, digits and _-./ and spaces; per-class keys may carry others.
+    return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in key)
+
+
+def _chunks(items: list, size: int) -> Iterable[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class MlflowCallback(Callback):
+    """Logs a Lightning run into an MLflow run: every validation's metrics and the epoch's train loss.
+
+    Only the first process writes (the others of a DDP run see rank > 0).
+    """
+
+    def __init__(self, tracker: Tracker, run_id: str):
+        self.tracker, self.run_id = tracker, run_id
+
+    @rank_zero_only
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        metrics = {k: v.item() for k, v in trainer.callback_metrics.items() if k.startswith("train/") or k == "lr"}
+        metrics["epoch"] = trainer.current_epoch
+        self.tracker.log_metrics(self.run_id, metrics, step=trainer.global_step)
+
+    @rank_zero_only
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        metrics = getattr(pl_module, "validation_metrics", {})
+        self.tracker.log_metrics(self.run_id, {f"val/{k}": v for k, v in metrics.items()}, step=trainer.global_step)
+
+
+def latest_sweep_parent(tracker: Tracker) -> str | None:
+    """The most recent sweep's parent run in this experiment."""
+    runs = tracker.client.search_runs(
+        [tracker.experiment_id], filter_string="tags.`automl.policy` = 'on'", order_by=["attributes.start_time DESC"], max_results=1
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def leaderboard(tracker: Tracker, parent_id: str, metric: str, mode: str, top: int = 10) -> list[dict[str, Any]]:
+    """The sweep's trials ranked by their best value of `metric`: trial, status, best value, params."""
+    rows = []
+    for run in tracker.children(parent_id):
+        history = [m.value for m in tracker.client.get_metric_history(run.info.run_id, metric) if math.isfinite(m.value)]
+        best = (max(history) if mode == "max" else min(history)) if history else float("nan")
+        rows.append({"trial": run.data.tags.get(TRIAL_TAG, run.info.run_name), "status": run.data.tags.get("status", run.info.status), metric: best, "params": run.data.params})
+    rows.sort(key=lambda r: (r[metric] != r[metric], -r[metric] if mode == "max" else r[metric]))
+    return rows[:top]

@@ -1,0 +1,157 @@
+"""One training run on CPU: it learns, names its checkpoints, resumes exactly, and is tracked in MLflow."""
+
+import math
+import os
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from automl.actions.evaluate import evaluate_checkpoint
+from automl.launch import train_once
+from automl.spec import load_spec
+from automl.tracking import tracking_uri
+from automl.training import BEST_NAME, LATEST_NAME, run_training, train_dir
+from model.checkpoint import load_weights, read_checkpoint
+from model.errors import UserError
+from model.lit import NonFiniteLossError
+from tests.conftest import SMOKE_SPEC, data_overrides
+
+
+class Record(pl.Callback):
+    """Per optimiser step: (epoch, step, head lr, dataset indices of the batch); per epoch the loss."""
+
+    def __init__(self):
+        self.steps, self.losses = [], []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        lr = max(group["lr"] for group in trainer.optimizers[0].param_groups)
+        self.steps.append((trainer.current_epoch, trainer.global_step, lr, tuple(batch["indices"])))
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.losses.append(float(trainer.callback_metrics["train/loss"]))
+
+
+class StopAfter(pl.Callback):
+    """Ends fit after `epochs` epochs, as an interrupted run would."""
+
+    def __init__(self, epochs):
+        self.epochs = epochs
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch + 1 >= self.epochs:
+            trainer.should_stop = True
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic_data, tmp_path_factory):
+    """30 epochs of the tiny model, validated on its own training images, tracked in MLflow."""
+    results = tmp_path_factory.mktemp("trained")
+    overrides = [*data_overrides(synthetic_data, val_split="train"), f"results_dir={results}", "train.num_epochs=30", "train.validation_interval=15"]
+    spec = load_spec(SMOKE_SPEC, overrides, action="train")
+    record = Record()
+    result = train_once(spec, SMOKE_SPEC, progress=False, callbacks=[record])
+    return spec, result, record
+
+
+def test_training_lowers_the_loss_and_lifts_train_pq_well_above_an_untrained_model(trained):
+    spec, result, record = trained
+    assert record.losses[-1] < 0.6 * record.losses[0]
+    untrained = evaluate_checkpoint(spec, None)
+    assert untrained["PQ"] < 5.0
+    assert result.metrics["PQ"] > untrained["PQ"] + 25.0
+    assert result.metrics["mIoU"] > untrained["mIoU"] + 25.0
+
+
+def test_checkpoints_are_named_by_epoch_and_step_with_a_latest_link(trained):
+    spec, result, _ = trained
+    directory = train_dir(spec)
+    steps_per_epoch = math.ceil(18 / spec.dataset.train.batch_size)
+    names = sorted(p.name for p in directory.glob("model_epoch_*.pth"))
+    assert names[0] == f"model_epoch_000_step_{steps_per_epoch:05d}.pth"
+    assert names[-1] == f"model_epoch_029_step_{30 * steps_per_epoch:05d}.pth"
+    latest = directory / f"{LATEST_NAME}.pth"
+    assert latest.is_symlink() and latest.resolve().name == names[-1]
+    checkpoint = read_checkpoint(latest)  # weights_only=True
+    assert checkpoint["epoch"] == 29 and checkpoint["global_step"] == 30 * steps_per_epoch
+    assert checkpoint["optimizer_states"] and checkpoint["lr_schedulers"]
+    assert checkpoint["spec"]["model"]["mask_former"]["hidden_dim"] == spec.model.mask_former.hidden_dim
+    assert (directory / f"{BEST_NAME}.pth").exists()
+
+
+def test_evaluate_reproduces_the_metrics_of_the_last_validation(trained):
+    spec, result, _ = trained
+    metrics = evaluate_checkpoint(spec, "latest")
+    for key in ("PQ", "SQ", "RQ", "mIoU", "AP"):
+        assert metrics[key] == pytest.approx(result.metrics[key], abs=1e-6), key
+
+
+def test_mlflow_holds_the_run_with_metrics_and_artifacts(trained):
+    spec, result, _ = trained
+    client = MlflowClient(tracking_uri(spec))
+    [run] = client.search_runs([client.get_experiment_by_name("synthetic_smoke").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.optim.lr"] == str(spec.train.optim.lr)
+    assert run.data.tags["mode"] == "panoptic" and run.data.tags["backbone"] == "swin_custom"
+    pq = client.get_metric_history(run.info.run_id, "val/PQ")
+    assert [m.step for m in pq] == [15 * 5, 30 * 5] and pq[-1].value == pytest.approx(result.metrics["PQ"])
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
+    assert {f"checkpoints/{BEST_NAME}.pth", "checkpoints/" + result.latest_checkpoint.name} <= artifacts
+    assert client.list_artifacts(run.info.run_id, "spec")
+
+
+def test_a_rerun_resumes_at_the_right_step_with_the_same_lr_and_batches(smoke_spec):
+    spec = smoke_spec("train.num_epochs=4", "train.validation_interval=4")
+    straight = Record()
+    run_training(spec.copy(), callbacks=[straight], progress=False, keep_checkpoints=False)
+
+    interrupted, resumed = Record(), Record()
+    run_training(spec, callbacks=[interrupted, StopAfter(2)], progress=False)
+    run_training(spec, callbacks=[resumed], progress=False)  # same results_dir: resumes from latest
+
+    assert interrupted.steps + resumed.steps == straight.steps
+
+
+def test_resume_mid_epoch_from_a_step_checkpoint(smoke_spec, tmp_path):
+    spec = smoke_spec("train.num_epochs=2", "train.validation_interval=2", "train.checkpoint_interval=3", "train.checkpoint_interval_unit=step")
+    straight = Record()
+    run_training(spec.copy(), callbacks=[straight], progress=False, keep_checkpoints=False)
+    first = Record()
+    run_training(spec, callbacks=[first, StopAfter(1)], progress=False)
+    mid_epoch = train_dir(spec) / "model_epoch_000_step_00003.pth"
+    assert mid_epoch.exists()
+    spec.train.resume_training_checkpoint_path = str(mid_epoch)
+    resumed = Record()
+    run_training(spec, callbacks=[resumed], progress=False)
+    assert first.steps[:3] + resumed.steps == straight.steps
+
+
+def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(smoke_spec):
+    class Poison(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.current_epoch == 1:
+                with torch.no_grad():
+                    next(pl_module.model.parameters()).fill_(float("nan"))
+
+    spec = smoke_spec("train.num_epochs=3")
+    with pytest.raises(NonFiniteLossError, match="training loss became nan at epoch 1"):
+        run_training(spec, callbacks=[Poison()], progress=False)
+    latest = train_dir(spec) / f"{LATEST_NAME}.pth"
+    assert read_checkpoint(latest)["epoch"] == 0
+    state = read_checkpoint(latest)["state_dict"]
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def test_pretrained_weights_load_with_a_report_of_skipped_keys(smoke_spec, tmp_path):
+    spec = smoke_spec("train.num_epochs=1")
+    run_training(spec, progress=False)
+    from automl.training import build_label_map, build_module
+
+    other = smoke_spec("model.sem_seg_head.num_classes=9", "dataset.contiguous_id=false")
+    module = build_module(other, build_label_map(other))
+    report = load_weights(module.model, train_dir(spec) / f"{LATEST_NAME}.pth")
+    assert report["mismatched"] == ["transformer_decoder.class_embed.bias", "transformer_decoder.class_embed.weight"]
+    assert report["missing"] == [] and report["unexpected"] == []
+    with pytest.raises(UserError, match="checkpoint not found"):
+        load_weights(module.model, tmp_path / "nope.pth")

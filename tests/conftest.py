@@ -1,0 +1,45 @@
+"""Shared fixtures: the synthetic dataset (written once per session) and the smoke spec pointed at it."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from automl.spec import load_spec
+from model.data import write_synthetic_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE_SPEC = ROOT / "experiments" / "synthetic_smoke.yaml"
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synthetic")
+    write_synthetic_dataset(out, num_images=24, size=(128, 128), seed=0)
+    return out
+
+
+def data_overrides(data: Path, val_split: str = "val") -> list[str]:
+    """Point the smoke spec's dataset at `data` (val_split='train' scores the training images)."""
+    overrides = [f"dataset.label_map={data / 'label_map.json'}"]
+    for split, source in (("train", "train"), ("val", val_split), ("test", val_split)):
+        overrides += [f"dataset.{split}.img_dir={data / source / 'images'}"]
+        if split != "test":
+            overrides += [
+                f"dataset.{split}.panoptic_json={data / source / 'annotations_panoptic.json'}",
+                f"dataset.{split}.panoptic_dir={data / source / 'panoptic'}",
+            ]
+    overrides.append(f"dataset.val.instance_json={data / val_split / 'annotations.json'}")
+    return overrides
+
+
+@pytest.fixture
+def smoke_spec(synthetic_data, tmp_path):
+    """A loader of the smoke spec on the session's synthetic data, results under tmp_path."""
+
+    def load(*overrides: str, val_split: str = "val", action: str | None = "train"):
+        return load_spec(SMOKE_SPEC, [*data_overrides(synthetic_data, val_split), f"results_dir={tmp_path / 'results'}", *overrides], action=action)
+
+    return load
