@@ -186,3 +186,9 @@ def test_on_and_off_stay_words(tmp_path):
     assert spec.automl.policy == "on"
     assert load_spec(write(tmp_path, "automl:\n  policy: off\n")).automl.policy == "off"
     assert spec.train.cudnn.benchmark is True
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (Path(__file__).resolve().parents[2] / "experiments").glob("*.yaml")))
+def test_bundled_experiment_specs_load(name):
+    spec = load_spec(Path(__file__).resolve().parents[2] / "experiments" / name)
+    assert spec.model.sem_seg_head.num_classes > 0
