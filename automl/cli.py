@@ -24,6 +24,8 @@ from model.errors import UserError
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False, help=__doc__.split("\n")[0])
 spec_app = typer.Typer(no_args_is_help=True, help="Inspect specs.")
 app.add_typer(spec_app, name="spec")
+space_app = typer.Typer(no_args_is_help=True, help="Inspect search spaces.")
+app.add_typer(space_app, name="space")
 data_app = typer.Typer(no_args_is_help=True, help="Synthetic data and dataset checks.")
 app.add_typer(data_app, name="data")
 console = Console()
@@ -41,6 +43,14 @@ def load(spec: Path | None, overrides: Optional[List[str]], action: str | None =
 def spec_show(spec: Path = SpecOption, overrides: Optional[List[str]] = OverridesArgument) -> None:
     """Print the resolved spec (defaults + file + overrides), validated."""
     console.print(OmegaConf.to_yaml(load(spec, overrides)), highlight=False, markup=False, end="")
+
+
+@space_app.command("show")
+def space_show(spec: Path = SpecOption, overrides: Optional[List[str]] = OverridesArgument) -> None:
+    """Print the search space automl.search_space resolves to, checked against the train schema."""
+    from automl.search import format_space, resolve_search_space
+
+    console.print(format_space(resolve_search_space(load(spec, overrides))))
 
 
 @data_app.command("synth")
@@ -106,8 +116,13 @@ def convert(
 
 @app.command()
 def schema(out: Path = typer.Option(DEFAULT_SCHEMA_DIR, "--out", help="Output folder.")) -> None:
-    """Write <action>.schema.json, spec templates and manifest.json from the spec dataclasses."""
-    for path in write_schemas(out):
+    """Write <action>.schema.json, spec templates and manifest.json (and search_spaces/default.yaml) from the spec dataclasses."""
+    written = write_schemas(out)
+    if out.resolve() == DEFAULT_SCHEMA_DIR.resolve():  # the default space is derived from the train schema
+        from automl.search.space import write_default_space
+
+        written.append(write_default_space())
+    for path in written:
         console.print(f"wrote {path}", highlight=False)
 
 
@@ -128,9 +143,13 @@ def launch(
 
         train_once(cfg, spec)
         return
-    from automl.sweep import run_sweep
+    from automl.sweep import SweepInterrupted, run_sweep
 
-    result = run_sweep(cfg, spec, resume=resume)
+    try:
+        result = run_sweep(cfg, spec, resume=resume)
+    except SweepInterrupted as stop:
+        console.print(f"{stop}; continue it with: automl launch -e {spec} {' '.join(overrides or [])} --resume", highlight=False)
+        raise typer.Exit(130)
     print_leaderboard(cfg, spec, result.parent_run_id)
     console.print(f"best checkpoint: {result.best_checkpoint}", highlight=False)
     _print_ui_hint(cfg)

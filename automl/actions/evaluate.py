@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from automl.training import LATEST_NAME, build_datamodule, build_label_map, build_module, train_dir
+from automl.training import LATEST_NAME, build_datamodule, build_label_map, build_module, seed_everything, train_dir
 from model.checkpoint import load_weights, read_checkpoint
 from model.data import LabelMap
 from model.data.files import read_label_png
@@ -54,6 +54,7 @@ def spec_for_checkpoint(spec: DictConfig, checkpoint: dict[str, Any]) -> DictCon
 
 def evaluate_checkpoint(spec: DictConfig, checkpoint: str | None, batch_size: int | None = None) -> dict[str, float]:
     """Validation metrics of `checkpoint` (None: the untrained model, a sweep's baseline)."""
+    seed_everything(spec)  # an untrained model's weights come from the seed
     if checkpoint is not None:
         path = resolve_checkpoint(spec, checkpoint)
         spec = spec_for_checkpoint(spec, read_checkpoint(path))

@@ -90,7 +90,7 @@ class MaskFormerConfig:
     dropout: float = param(0.0, "Dropout in the pixel decoder's deformable encoder (as the original).", valid_min=0.0, valid_max=0.5)
     nheads: int = param(8, "Attention heads of the transformer decoder.", valid_min=1, valid_max=64, math_cond="^ 2", popular=True)
     num_object_queries: int = param(
-        100, "Object queries (the most segments one image can hold).", valid_min=1, valid_max=1000, popular=True, automl_enabled=True, automl_default=True
+        100, "Object queries (the most segments one image can hold).", valid_min=10, valid_max=1000, popular=True, automl_enabled=True, automl_default=True
     )
     hidden_dim: int = param(
         256, "Width of the transformer decoder.", valid_min=64, valid_max=1024, math_cond="/ 8", popular=True, automl_enabled=True, automl_default=True
@@ -101,7 +101,7 @@ class MaskFormerConfig:
     )
     # dec_layers counts the prediction from the initial queries: 10 means 9 decoder layers.
     dec_layers: int = param(
-        10, "Decoder predictions (the initial one plus one per decoder layer).", valid_min=1, valid_max=20, automl_enabled=True, automl_default=True
+        10, "Decoder predictions (the initial one plus one per decoder layer).", valid_min=1, valid_max=16, automl_enabled=True, automl_default=True
     )
     pre_norm: bool = param(False, "Pre-norm decoder layers (the original uses post-norm).")
     class_weight: float = param(2.0, "Weight of the classification loss and matching cost.", valid_min=0.0, valid_max=20.0, popular=True, automl_enabled=True)
@@ -152,7 +152,7 @@ class AugmentationConfig:
     )
     train_min_size: List[int] = param([640], "Shortest-edge sizes to pick from when training.", valid_min=32, valid_max=8192, automl_enabled=False)
     train_max_size: int = param(
-        2560, "Longest edge after the training resize.", valid_min=32, valid_max=8192, math_cond="/ 32", automl_enabled=True, automl_default=True
+        2560, "Longest edge after the training resize.", valid_min=32, valid_max=8192, math_cond="/ 32", automl_enabled=True
     )
     train_crop_size: List[int] = param([640, 640], "Training crop [H, W].", valid_min=32, valid_max=8192, automl_enabled=False)
     # Test sizes change how the metric is measured, so the search must not tune them.
@@ -346,7 +346,7 @@ class AutoMLConfig:
     )
     search_space: Any = param("default", "A preset name in search_spaces/, a YAML file, or an inline mapping of ranges.")
     max_epochs: int = param(0, "Epochs of a full trial (0: train.num_epochs).", valid_min=0, valid_max=100000)
-    grace_period: int = param(1, "Epochs before a trial can be stopped.", valid_min=1, valid_max=100000)
+    grace_period: int = param(1, "Epochs a trial runs before a scheduler may stop it.", valid_min=1, valid_max=100000)
     reduction_factor: int = param(3, "Halving rate of ASHA/Hyperband.", valid_min=2, valid_max=10)
     seed: int = param(42, "Seed of the searcher and of every trial.", valid_min=0, valid_max=2**31 - 1)
     ray_address: str = param("", "Join an existing Ray cluster ('auto' or 'ray://host:port'); empty starts a local one.")

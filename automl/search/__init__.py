@@ -1,0 +1,17 @@
+"""Hyperparameter search: the train schema -> a search space -> Optuna samplers and Ray Tune schedulers."""
+
+from automl.search.algorithms import ALGORITHMS, SCHEDULERS, build_scheduler, build_searcher, check_combination
+from automl.search.space import Parameter, SearchSpace, default_space_yaml, format_space, resolve_search_space
+
+__all__ = [
+    "ALGORITHMS",
+    "SCHEDULERS",
+    "Parameter",
+    "SearchSpace",
+    "build_scheduler",
+    "build_searcher",
+    "check_combination",
+    "default_space_yaml",
+    "format_space",
+    "resolve_search_space",
+]

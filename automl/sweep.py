@@ -1,0 +1,308 @@
+"""`automl launch --policy on`: the hyperparameter sweep on Ray Tune, tracked in MLflow, and its winner.
+
+The driver is the only MLflow writer: trials report to Tune, and a Tune callback here writes
+one parent run for the sweep and one child run per trial (keyed by trial id, so a resumed
+sweep continues its runs). After the sweep the best trial, at its best validation, is copied
+to `<results_dir>/best/`, described in `best.json` and registered in the model registry.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+from omegaconf import DictConfig, OmegaConf
+from ray import tune
+from rich.console import Console
+
+from automl.actions.evaluate import evaluate_checkpoint, write_metrics
+from automl.search import build_scheduler, build_searcher, check_combination, resolve_search_space
+from automl.tracking import TRIAL_TAG, Tracker, run_tags
+from automl.training import target_metric
+from automl.trial import CHECKPOINT_FILE, STATUS_KEY, run_trial
+from model.errors import UserError
+
+log = logging.getLogger(__name__)
+console = Console()
+SWEEP_STATE = "sweep.json"  # beside the Ray experiment: the MLflow parent run to continue
+
+
+class SweepInterrupted(Exception):
+    """The sweep stopped before every trial ended (Ctrl-C or a signal); `--resume` continues it."""
+
+
+@dataclass
+class SweepResult:
+    best_trial: str | None
+    best_metrics: dict[str, float]
+    best_params: dict[str, Any]
+    best_checkpoint: Path | None
+    num_trials: int
+    parent_run_id: str
+
+
+def sweep_dir(spec: DictConfig) -> Path:
+    return Path(spec.results_dir) / "automl"
+
+
+def trial_resources(spec: DictConfig) -> dict[str, float]:
+    """automl.resources_per_trial, else one GPU per trial when there are GPUs, else one CPU."""
+    requested = {k.lower(): float(v) for k, v in dict(spec.automl.resources_per_trial).items()}
+    unknown = set(requested) - {"cpu", "gpu"}
+    if unknown:
+        raise UserError(f"automl.resources_per_trial: unknown resources {sorted(unknown)}; expected cpu and gpu")
+    if not requested:
+        requested = {"cpu": 1.0, "gpu": 1.0} if torch.cuda.is_available() else {"cpu": 1.0}
+    requested.setdefault("cpu", 1.0)
+    if requested.get("gpu", 0) > 1 and requested["gpu"] != int(requested["gpu"]):
+        raise UserError(f"automl.resources_per_trial.gpu: {requested['gpu']} — above one GPU, ask for whole GPUs")
+    return requested
+
+
+class MlflowSweepCallback(tune.Callback):
+    """Writes the sweep into MLflow from the driver: child runs per trial, best-so-far on the parent.
+
+    Tune pickles it with the experiment and restores it on --resume; the MLflow client is
+    rebuilt on first use, and child runs are found again by their trial-id tag.
+    """
+
+    def __init__(self, tracker: Tracker, parent_id: str, metric: str, mode: str, base_tags: dict[str, str], validations: int):
+        self._tracker: Tracker | None = tracker
+        self.validations = validations  # reports of a trial that runs to the end
+        self.last_line = ""
+        self.store = (tracker.uri, tracker.client.get_experiment(tracker.experiment_id).name)
+        self.parent_id, self.metric, self.sign = parent_id, metric, 1.0 if mode == "max" else -1.0
+        self.base_tags = base_tags
+        self.runs: dict[str, str] = {}
+        self.best: float | None = None
+
+    @property
+    def tracker(self) -> Tracker:
+        if self._tracker is None:
+            self._tracker = Tracker(*self.store)
+        return self._tracker
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_tracker": None, "runs": {}, "last_line": ""}
+
+    def _run(self, trial: Any) -> str:
+        if trial.trial_id not in self.runs:
+            run_id = self.tracker.find_child(self.parent_id, trial.trial_id)
+            if run_id is None:
+                params = {k: v for k, v in trial.config.items()}
+                run_id = self.tracker.start_run(trial.trial_id, params, {**self.base_tags, TRIAL_TAG: trial.trial_id}, parent_id=self.parent_id)
+            self.runs[trial.trial_id] = run_id
+        return self.runs[trial.trial_id]
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._run(trial)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        step = int(result.get("training_iteration", 0))
+        metrics = {k: v for k, v in result.items() if isinstance(v, (int, float)) and k not in ("training_iteration", "time_this_iter_s", "timestamp", "pid", "time_total_s", "time_since_restore", "iterations_since_restore")}
+        self.tracker.log_metrics(self._run(trial), metrics, step=step)
+        value = result.get(self.metric)
+        if isinstance(value, (int, float)) and math.isfinite(value) and (self.best is None or self.sign * value > self.sign * self.best):
+            self.best = float(value)
+            self.tracker.log_metrics(self.parent_id, {f"best_{self.metric}": self.best}, step=iteration)
+        if STATUS_KEY in result:
+            self.tracker.set_tags(self._run(trial), {"status": result[STATUS_KEY]})
+        self._progress(trials)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        run_id = self._run(trial)
+        reports = int((trial.last_result or {}).get("training_iteration", 0))
+        if "status" not in self.tracker.client.get_run(run_id).data.tags:
+            self.tracker.set_tags(run_id, {"status": "finished" if reports >= self.validations else "stopped"})
+        self.tracker.end_run(run_id, "FINISHED")
+        self._progress(trials)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.tracker.set_tags(self._run(trial), {"status": "error", "error": str(getattr(trial, "error_file", ""))})
+        self.tracker.end_run(self._run(trial), "FAILED")
+        self._progress(trials)
+
+    def _progress(self, trials: list) -> None:
+        states: dict[str, int] = {}
+        for t in trials:
+            states[t.status] = states.get(t.status, 0) + 1
+        best = "-" if self.best is None else f"{self.best:.2f}"
+        summary = ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items()))
+        line = f"[sweep] {summary} | best {self.metric} so far: {best}"
+        if line != self.last_line:
+            console.print(line, highlight=False)
+            self.last_line = line
+
+
+def run_sweep(spec: DictConfig, spec_path: str | os.PathLike | None, resume: bool = False) -> SweepResult:
+    """Run (or with `resume`, continue) the sweep the spec describes; returns its winner."""
+    space = resolve_search_space(spec)  # every search-space error before Ray starts
+    metric, mode = target_metric(spec), spec.automl.mode
+    max_epochs = spec.automl.max_epochs or spec.train.num_epochs
+    resources = trial_resources(spec)
+    check_combination(spec.automl.algorithm, spec.automl.scheduler)
+    searcher = build_searcher(space, spec.automl.algorithm, metric, mode, spec.automl.seed, spec.automl.max_concurrent)
+    # Tune counts reports, one per validation: epochs -> validations.
+    validations = math.ceil(max_epochs / spec.train.validation_interval)
+    grace = max(1, math.ceil(spec.automl.grace_period / spec.train.validation_interval))
+    scheduler = build_scheduler(spec.automl.scheduler, metric, mode, validations, grace, spec.automl.reduction_factor, space)
+    # PBT draws its first configurations from Tune domains; every other algorithm asks Optuna.
+    param_space = space.tune_domains() if spec.automl.algorithm == "pbt" else None
+
+    root = sweep_dir(spec)
+    name = Path(spec_path).stem if spec_path else "sweep"
+    experiment = root / name
+    state_file = root / f"{name}.{SWEEP_STATE}"
+    if resume and not tune.Tuner.can_restore(str(experiment)):
+        raise UserError(f"--resume: no sweep to continue at {experiment}; run without --resume to start one")
+    if not resume and experiment.exists():
+        raise UserError(f"{experiment} holds an earlier sweep; continue it with --resume or choose another results_dir")
+
+    tracker = Tracker.for_spec(spec, spec_path)
+    parent_id = _parent_run(tracker, spec, spec_path, state_file, resume, space)
+    if not resume:  # where the sweep starts from: the starting weights (or an untrained model) on dataset.val
+        baseline = evaluate_checkpoint(spec, spec.train.pretrained_model_path or None)
+        tracker.log_metrics(parent_id, {f"baseline/{k}": v for k, v in baseline.items()}, step=0)
+        console.print(f"baseline on dataset.val: {metric} {baseline.get(metric, float('nan')):.2f}", highlight=False)
+    base = OmegaConf.to_container(spec, resolve=True)
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, base_spec=base, max_epochs=max_epochs, metric=metric, timeout_minutes=spec.automl.trial_timeout_minutes),
+        resources,
+    )
+    callback = MlflowSweepCallback(tracker, parent_id, metric, mode, run_tags(spec), validations) if not resume else None
+    _start_ray(spec)
+    try:
+        if resume:  # the restored experiment brings its searcher, scheduler and callback back
+            tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, resume_errored=True)
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                param_space=param_space,
+                # metric and mode live in the searcher and the scheduler (Tune refuses them twice).
+                tune_config=tune.TuneConfig(
+                    search_alg=searcher, scheduler=scheduler, num_samples=spec.automl.num_samples,
+                    max_concurrent_trials=(spec.automl.max_concurrent or None) if spec.automl.algorithm == "pbt" else None,
+                ),
+                run_config=tune.RunConfig(
+                    name=name,
+                    storage_path=str(root),
+                    failure_config=tune.FailureConfig(max_failures=spec.automl.max_failures),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=metric, checkpoint_score_order=mode),
+                    callbacks=[callback],
+                    verbose=0,
+                ),
+            )
+        results = tuner.fit()
+    except BaseException:
+        tracker.end_run(parent_id, "KILLED")
+        raise
+    finally:
+        if not spec.automl.ray_address:
+            ray.shutdown()
+
+    if results.num_terminated + results.num_errors < spec.automl.num_samples:  # Ctrl-C: Tune saved its state
+        tracker.end_run(parent_id, "KILLED")
+        raise SweepInterrupted(f"sweep interrupted with {results.num_terminated + results.num_errors} of {spec.automl.num_samples} trials done")
+
+    outcome = _select_best(results, metric, mode, spec)
+    _prune_checkpoints(results, metric, mode, spec.automl.keep_top_k, validations)
+    if outcome.best_checkpoint is not None:
+        final = evaluate_checkpoint(spec, str(outcome.best_checkpoint))
+        tracker.log_metrics(parent_id, {f"final/{k}": v for k, v in final.items()}, step=0)
+        write_metrics(final, outcome.best_checkpoint.parent)
+        console.print(f"winner re-evaluated on dataset.val: {metric} {final.get(metric, float('nan')):.2f}", highlight=False)
+        tracker.log_artifact(parent_id, outcome.best_checkpoint, "best")
+        tracker.log_artifact(parent_id, outcome.best_checkpoint.parent / "best.json", "best")
+        version = tracker.register(parent_id, f"best/{outcome.best_checkpoint.name}")
+        console.print(f"registered as MLflow model 'mask2former' version {version}", highlight=False)
+    tracker.log_metrics(parent_id, {f"best/{k}": v for k, v in outcome.best_metrics.items()}, step=0)
+    tracker.end_run(parent_id)
+    return SweepResult(outcome.best_trial, outcome.best_metrics, outcome.best_params, outcome.best_checkpoint, len(results), parent_id)
+
+
+def _parent_run(tracker: Tracker, spec: DictConfig, spec_path: Any, state_file: Path, resume: bool, space: Any) -> str:
+    if resume and state_file.exists():
+        parent_id = json.loads(state_file.read_text())["parent_run_id"]
+        tracker.client.update_run(parent_id, status="RUNNING")
+        return parent_id
+    params = {
+        "algorithm": spec.automl.algorithm,
+        "scheduler": spec.automl.scheduler,
+        "num_samples": spec.automl.num_samples,
+        "metric": target_metric(spec),
+        "search_space": json.dumps(space.describe()),
+    }
+    parent_id = tracker.start_run(f"sweep-{Path(spec_path).stem if spec_path else 'spec'}", params, {**run_tags(spec), "automl.policy": "on"})
+    if spec_path:
+        tracker.log_artifact(parent_id, spec_path, "spec")
+    state_file.parent.mkdir(parents=True, exist_ok=True)
+    state_file.write_text(json.dumps({"parent_run_id": parent_id, "tracking_uri": tracker.uri}))
+    return parent_id
+
+
+def _start_ray(spec: DictConfig) -> None:
+    # Checkpoints every validation are the point here; Tune's warning about them is noise.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if spec.automl.ray_address:
+        ray.init(address=spec.automl.ray_address, ignore_reinit_error=True)
+    elif not ray.is_initialized():
+        ray.init(include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+
+
+@dataclass
+class _Best:
+    best_trial: str | None
+    best_metrics: dict[str, float]
+    best_params: dict[str, Any]
+    best_checkpoint: Path | None
+
+
+def _select_best(results: Any, metric: str, mode: str, spec: DictConfig) -> _Best:
+    """The trial whose best validation is best (scope 'all'), copied with its checkpoint to <results_dir>/best/."""
+    try:
+        best = results.get_best_result(metric=metric, mode=mode, scope="all")
+    except RuntimeError:
+        return _Best(None, {}, {}, None)
+    history = best.metrics_dataframe
+    column = history[metric]
+    row = history.loc[column.idxmax() if mode == "max" else column.idxmin()]
+    metrics = {k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    checkpoint_path = None
+    candidates = sorted(best.best_checkpoints, key=lambda item: item[1].get(metric, float("nan")), reverse=mode == "max")
+    if candidates:
+        out = Path(spec.results_dir) / "best"
+        out.mkdir(parents=True, exist_ok=True)
+        with candidates[0][0].as_directory() as directory:
+            checkpoint_path = out / CHECKPOINT_FILE.replace("latest", "best")
+            shutil.copy(Path(directory) / CHECKPOINT_FILE, checkpoint_path)
+        trial_id = Path(best.path).name
+        record = {"trial": trial_id, "params": best.config, "metrics": metrics, "metric": metric, "mode": mode, "checkpoint": str(checkpoint_path), "created": time.time()}
+        (out / "best.json").write_text(json.dumps(record, indent=2, default=str))
+    return _Best(Path(best.path).name, metrics, dict(best.config), checkpoint_path)
+
+
+def _prune_checkpoints(results: Any, metric: str, mode: str, keep_top_k: int, validations: int) -> None:
+    """Trials stopped early keep no checkpoint unless among the top `keep_top_k` by metric."""
+    scored = []
+    for result in results:
+        if result.metrics_dataframe is None or metric not in result.metrics_dataframe:
+            continue
+        values = result.metrics_dataframe[metric].dropna()
+        best = (values.max() if mode == "max" else values.min()) if len(values) else float("nan")
+        finished = int(result.metrics.get("training_iteration", 0)) >= validations
+        scored.append((best, finished, Path(result.path)))
+    ranked = sorted((s for s in scored if s[0] == s[0]), key=lambda s: s[0], reverse=mode == "max")
+    keep = {path for _, _, path in ranked[:keep_top_k]}
+    for _, finished, path in scored:
+        if not finished and path not in keep:
+            for directory in path.glob("checkpoint_*"):
+                shutil.rmtree(directory, ignore_errors=True)
