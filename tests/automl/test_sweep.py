@@ -1,0 +1,161 @@
+"""A real sweep on CPU: trials run and are tracked, the winner is kept, an interrupted sweep resumes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from automl.sweep import run_sweep
+from automl.tracking import TRIAL_TAG, tracking_uri
+from model.checkpoint import read_checkpoint
+from model.errors import UserError
+from tests.conftest import SMOKE_SPEC, data_overrides
+
+SWEEP = ["automl.num_samples=4", "automl.max_concurrent=2", "automl.max_epochs=10", "train.validation_interval=5", "automl.grace_period=5"]
+
+
+def children(client, spec):
+    experiment = client.get_experiment_by_name("synthetic_smoke").experiment_id
+    [parent] = client.search_runs([experiment], "tags.`automl.policy` = 'on'")
+    return parent, client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+
+
+@pytest.fixture(scope="module")
+def sweep(synthetic_data, tmp_path_factory):
+    from automl.spec import load_spec
+
+    results = tmp_path_factory.mktemp("sweep")
+    spec = load_spec(SMOKE_SPEC, [*data_overrides(synthetic_data), f"results_dir={results}", *SWEEP], action="train")
+    return spec, run_sweep(spec, SMOKE_SPEC)
+
+
+def test_every_trial_is_a_child_run_with_its_params_and_metrics(sweep):
+    spec, result = sweep
+    client = MlflowClient(tracking_uri(spec))
+    parent, runs = children(client, spec)
+    assert parent.info.status == "FINISHED" and parent.data.params["algorithm"] == "tpe"
+    assert len(runs) == result.num_trials == 4
+    assert len({r.data.tags[TRIAL_TAG] for r in runs}) == 4
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        assert {"train.optim.lr", "train.optim.weight_decay", "train.optim.backbone_multiplier"} <= set(run.data.params)
+        assert 1 <= len(client.get_metric_history(run.info.run_id, "PQ")) <= 2
+    assert "baseline/PQ" in parent.data.metrics and "final/PQ" in parent.data.metrics
+
+
+def test_the_best_checkpoint_is_the_best_childs_best_validation(sweep):
+    spec, result = sweep
+    client = MlflowClient(tracking_uri(spec))
+    parent, runs = children(client, spec)
+    best_per_trial = {r.data.tags[TRIAL_TAG]: max(m.value for m in client.get_metric_history(r.info.run_id, "PQ")) for r in runs}
+    winner = max(best_per_trial, key=best_per_trial.get)
+    record = json.loads((Path(spec.results_dir) / "best" / "best.json").read_text())
+    assert record["metrics"]["PQ"] == pytest.approx(best_per_trial[winner])
+    assert winner in record["trial"]
+    checkpoint = read_checkpoint(result.best_checkpoint)
+    assert checkpoint["spec"]["train"]["optim"]["lr"] == pytest.approx(record["params"]["train.optim.lr"])
+    # Re-evaluating the kept checkpoint gives the metric it was chosen for.
+    assert parent.data.metrics["final/PQ"] == pytest.approx(best_per_trial[winner], abs=1e-4)
+    [version] = client.search_model_versions("name = 'mask2former'")
+    assert version.run_id == parent.info.run_id
+
+
+def test_trials_keep_at_most_their_best_and_latest_checkpoints(sweep):
+    spec, _ = sweep
+    for trial_dir in (Path(spec.results_dir) / "automl" / "synthetic_smoke").glob("run_trial_*"):
+        assert len(list(trial_dir.glob("checkpoint_*"))) <= 2
+
+
+def test_search_space_errors_come_before_any_trial(smoke_spec):
+    spec = smoke_spec("automl.search_space={train.optim.momentum: {}}")
+    with pytest.raises(UserError, match="train.optim.momentum.*not automl-enabled"):
+        run_sweep(spec, SMOKE_SPEC)
+    assert not (Path(spec.results_dir) / "automl").exists()
+
+
+def launch(args, results, data):
+    overrides = [*data_overrides(data), f"results_dir={results}", *SWEEP, "automl.num_samples=5", "automl.max_concurrent=1"]
+    return subprocess.Popen(
+        [sys.executable, "-m", "automl.cli", "launch", "-e", str(SMOKE_SPEC), *overrides, *args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+
+
+def finished_children(uri):
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("synthetic_smoke")
+    if experiment is None:
+        return []
+    return [r for r in client.search_runs([experiment.experiment_id], "tags.`mlflow.parentRunId` != ''") if r.info.status == "FINISHED"]
+
+
+def test_an_interrupted_sweep_resumes_and_accounts_for_every_trial(synthetic_data, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    first = launch([], tmp_path, synthetic_data)
+    deadline = time.time() + 300
+    while len(finished_children(uri)) < 2 and time.time() < deadline and first.poll() is None:
+        time.sleep(2)
+    os.killpg(first.pid, signal.SIGINT)  # Ctrl-C
+    output = first.communicate(timeout=120)[0]
+    assert first.returncode == 130, output
+    assert "--resume" in output
+    done_before = len(finished_children(uri))
+    assert 2 <= done_before < 5
+
+    second = launch(["--resume"], tmp_path, synthetic_data)
+    output = second.communicate(timeout=600)[0]
+    assert second.returncode == 0, output
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("synthetic_smoke").experiment_id
+    parents = client.search_runs([experiment], "tags.`automl.policy` = 'on'")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    runs = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
+    assert len(runs) == 5 and len({r.data.tags[TRIAL_TAG] for r in runs}) == 5  # none rerun, none duplicated
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert (tmp_path / "best" / "mask2former_model_best.pth").exists()
+
+
+def test_resume_without_a_sweep_is_refused(smoke_spec):
+    with pytest.raises(UserError, match="--resume: no sweep to continue"):
+        run_sweep(smoke_spec(), SMOKE_SPEC, resume=True)
+
+
+def trial_workers():
+    found = subprocess.run(["pgrep", "-f", "ray::ImplicitFunc"], capture_output=True, text=True).stdout.split()
+    return [int(pid) for pid in found]
+
+
+def wait_for(condition, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise TimeoutError
+
+
+def test_a_crashing_trial_is_retried_then_marked_failed_while_the_sweep_completes(synthetic_data, tmp_path):
+    sweep = launch(["automl.num_samples=3", "automl.max_failures=1"], tmp_path, synthetic_data)
+    first = wait_for(trial_workers)[0]
+    os.kill(first, signal.SIGKILL)  # the trial's process dies (as on an OOM kill)
+    second = wait_for(lambda: [p for p in trial_workers() if p != first])[0]
+    os.kill(second, signal.SIGKILL)  # its retry dies too: max_failures=1 is spent
+    output = sweep.communicate(timeout=600)[0]
+    assert sweep.returncode == 0, output
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("synthetic_smoke").experiment_id
+    runs = client.search_runs([experiment], "tags.`mlflow.parentRunId` != ''")
+    assert len(runs) == 3
+    failed = [r for r in runs if r.info.status == "FAILED"]
+    assert len(failed) == 1 and failed[0].data.tags["status"] == "error"
+    assert sum(r.info.status == "FINISHED" for r in runs) == 2
+    assert (tmp_path / "best" / "best.json").exists()
