@@ -54,8 +54,23 @@ def sweep_dir(spec: DictConfig) -> Path:
     return Path(spec.results_dir) / "automl"
 
 
+def trial_workers(spec: DictConfig) -> int:
+    """Processes of one trial: several for `resources_per_trial.gpu` > 1 or `train.num_gpus` > 1 (Ray Train DDP)."""
+    gpus = float(dict(spec.automl.resources_per_trial).get("gpu", 0))
+    return max(int(gpus), spec.train.num_gpus * spec.train.num_nodes, 1)
+
+
+def _cpus_per_worker(spec: DictConfig) -> float:
+    """A multi-worker trial's CPUs (automl.resources_per_trial.cpu, default one per worker) split over its workers."""
+    workers = trial_workers(spec)
+    return float(dict(spec.automl.resources_per_trial).get("cpu", workers)) / workers
+
+
 def trial_resources(spec: DictConfig) -> dict[str, float]:
-    """automl.resources_per_trial, else one GPU per trial when there are GPUs, else one CPU."""
+    """What the trial's own process holds: automl.resources_per_trial, else one GPU when there are
+    GPUs, else one CPU. A multi-worker trial's process only drives: its workers ask Ray Train for theirs."""
+    if trial_workers(spec) > 1:
+        return {"cpu": 0.01}  # Tune needs a non-empty request; the driver only waits on its workers
     requested = {k.lower(): float(v) for k, v in dict(spec.automl.resources_per_trial).items()}
     unknown = set(requested) - {"cpu", "gpu"}
     if unknown:
@@ -175,7 +190,10 @@ def run_sweep(spec: DictConfig, spec_path: str | os.PathLike | None, resume: boo
         console.print(f"baseline on dataset.val: {metric} {baseline.get(metric, float('nan')):.2f}", highlight=False)
     base = OmegaConf.to_container(spec, resolve=True)
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, base_spec=base, max_epochs=max_epochs, metric=metric, timeout_minutes=spec.automl.trial_timeout_minutes),
+        tune.with_parameters(
+            run_trial, base_spec=base, max_epochs=max_epochs, metric=metric, timeout_minutes=spec.automl.trial_timeout_minutes, workers=trial_workers(spec),
+            cpus_per_worker=_cpus_per_worker(spec),
+        ),
         resources,
     )
     callback = MlflowSweepCallback(tracker, parent_id, metric, mode, run_tags(spec), validations) if not resume else None
@@ -255,7 +273,9 @@ def _start_ray(spec: DictConfig) -> None:
     if spec.automl.ray_address:
         ray.init(address=spec.automl.ray_address, ignore_reinit_error=True)
     elif not ray.is_initialized():
-        ray.init(include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+        # The dashboard (Ray's state API, which cleans up the Train runs of stopped multi-worker
+        # trials) starts when ray[default] is installed.
+        ray.init(include_dashboard=None, ignore_reinit_error=True, log_to_driver=False)
 
 
 @dataclass
@@ -277,17 +297,27 @@ def _select_best(results: Any, metric: str, mode: str, spec: DictConfig) -> _Bes
     row = history.loc[column.idxmax() if mode == "max" else column.idxmin()]
     metrics = {k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     checkpoint_path = None
-    candidates = sorted(best.best_checkpoints, key=lambda item: item[1].get(metric, float("nan")), reverse=mode == "max")
-    if candidates:
+    source = _checkpoint_of(best, row, metric, mode)
+    if source is not None:
         out = Path(spec.results_dir) / "best"
         out.mkdir(parents=True, exist_ok=True)
-        with candidates[0][0].as_directory() as directory:
-            checkpoint_path = out / CHECKPOINT_FILE.replace("latest", "best")
-            shutil.copy(Path(directory) / CHECKPOINT_FILE, checkpoint_path)
-        trial_id = Path(best.path).name
-        record = {"trial": trial_id, "params": best.config, "metrics": metrics, "metric": metric, "mode": mode, "checkpoint": str(checkpoint_path), "created": time.time()}
+        checkpoint_path = out / CHECKPOINT_FILE.replace("latest", "best")
+        shutil.copy(source, checkpoint_path)
+        record = {"trial": Path(best.path).name, "params": best.config, "metrics": metrics, "metric": metric, "mode": mode, "checkpoint": str(checkpoint_path), "created": time.time()}
         (out / "best.json").write_text(json.dumps(record, indent=2, default=str))
     return _Best(Path(best.path).name, metrics, dict(best.config), checkpoint_path)
+
+
+def _checkpoint_of(best: Any, row: Any, metric: str, mode: str) -> Path | None:
+    """The checkpoint file of the best trial's best validation: kept by Tune, or by Ray Train for a
+    multi-worker trial (whose reports carry its path)."""
+    kept = sorted(best.best_checkpoints, key=lambda item: item[1].get(metric, float("nan")), reverse=mode == "max")
+    if kept:
+        return Path(kept[0][0].path) / CHECKPOINT_FILE
+    train_path = row.get("checkpoint_path")
+    if isinstance(train_path, str) and (Path(train_path) / CHECKPOINT_FILE).exists():
+        return Path(train_path) / CHECKPOINT_FILE
+    return None
 
 
 def _prune_checkpoints(results: Any, metric: str, mode: str, keep_top_k: int, validations: int) -> None:

@@ -234,11 +234,12 @@ def seed_everything(spec: DictConfig) -> None:
 
 
 def run_training(
-    spec: DictConfig, callbacks: Sequence[Callback] = (), progress: bool = True, keep_checkpoints: bool = True
+    spec: DictConfig, callbacks: Sequence[Callback] = (), progress: bool = True, keep_checkpoints: bool = True, **trainer_overrides: Any
 ) -> TrainResult:
     """Train as the spec says (resuming when it can) and return the run's metrics and checkpoints.
 
-    keep_checkpoints=False leaves checkpointing to the caller (a sweep trial reports its own to Tune).
+    keep_checkpoints=False leaves checkpointing to the caller (a sweep trial reports its own to
+    Tune). trainer_overrides replace Trainer arguments (a Ray Train worker passes Ray's strategy).
     """
     seed_everything(spec)
     label_map = build_label_map(spec)
@@ -251,7 +252,7 @@ def run_training(
     tracker = BestMetrics(metric, spec.automl.mode)
     saving = checkpoint_callbacks(spec, directory, metric) if keep_checkpoints else []
     bars = [RichProgressBar(leave=True)] if progress else []
-    trainer = pl.Trainer(**trainer_settings(spec), callbacks=[AttachSpec(spec), *saving, tracker, *bars, *callbacks], enable_progress_bar=progress)
+    trainer = pl.Trainer(**{**trainer_settings(spec), **trainer_overrides}, callbacks=[AttachSpec(spec), *saving, tracker, *bars, *callbacks], enable_progress_bar=progress)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_checkpoint(spec))
     latest = directory / f"{LATEST_NAME}.pth"
     best = saving[1].best_model_path if saving else ""

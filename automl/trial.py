@@ -14,11 +14,12 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
-from omegaconf import DictConfig
+import torch
+from omegaconf import DictConfig, OmegaConf
 from ray import tune
 
 from automl.spec.load import apply_values
@@ -38,34 +39,97 @@ def trial_spec(base: dict, values: dict[str, Any], trial_dir: Path, max_epochs: 
     return spec
 
 
-def run_trial(config: dict, base_spec: dict, max_epochs: int, metric: str, timeout_minutes: float) -> None:
-    """The Tune function trainable (in-process Lightning; one GPU or a slice of one, or CPUs)."""
+def run_trial(
+    config: dict, base_spec: dict, max_epochs: int, metric: str, timeout_minutes: float, workers: int = 1, cpus_per_worker: float = 1.0
+) -> None:
+    """The Tune function trainable.
+
+    workers == 1: Lightning in this process (one GPU, a slice of one, or CPUs). workers > 1: a
+    Ray Train `TorchTrainer` of that many workers (one GPU each, or CPU processes with gloo when
+    the machine has no GPU) running the same training with Ray's DDP strategy.
+    """
     context = tune.get_context()
     trial_dir = Path(context.get_trial_dir())  # <results_dir>/automl/<sweep>/<trial>
     spec = trial_spec(base_spec, config, trial_dir, max_epochs)
+    if workers > 1:
+        _fit_with_ray_train(spec, metric, timeout_minutes, workers, context.get_trial_name(), trial_dir, cpus_per_worker)
+        return
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:  # a retry after a crash, or a PBT exploit: continue from there
-        with checkpoint.as_directory() as directory:
-            local = trial_dir / "restored.pth"
-            local.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(Path(directory) / CHECKPOINT_FILE, local)
-        spec.train.resume_training_checkpoint_path = str(local)
+        spec.train.resume_training_checkpoint_path = _local_copy(checkpoint, trial_dir)
+    _train(spec, metric, timeout_minutes, tune.report)
+
+
+def _train(spec: DictConfig, metric: str, timeout_minutes: float, report: Callable[..., None], **trainer_overrides: Any) -> None:
     watchdog = Watchdog(timeout_minutes)
     try:
-        run_training(spec, callbacks=[TuneReport(metric), watchdog], progress=False, keep_checkpoints=False)
+        run_training(spec, callbacks=[TuneReport(metric, report), watchdog], progress=False, keep_checkpoints=False, **trainer_overrides)
     except NonFiniteLossError as err:
         # Recorded and stopped; the sweep goes on (a retry would only diverge again).
-        log.warning("trial %s stopped: %s", context.get_trial_name(), err)
-        tune.report({metric: float("nan"), STATUS_KEY: "nan_loss"})
+        log.warning("trial stopped: %s", err)
+        report({metric: float("nan"), STATUS_KEY: "nan_loss"})
     finally:
         watchdog.stop()
 
 
-class TuneReport(Callback):
-    """After every validation: the metrics to Tune, with a checkpoint Tune keeps (best and latest)."""
+def _local_copy(checkpoint: tune.Checkpoint, trial_dir: Path) -> str:
+    local = trial_dir / "restored.pth"
+    local.parent.mkdir(parents=True, exist_ok=True)
+    with checkpoint.as_directory() as directory:
+        shutil.copy(Path(directory) / CHECKPOINT_FILE, local)
+    return str(local)
 
-    def __init__(self, metric: str):
-        self.metric = metric
+
+def _fit_with_ray_train(
+    spec: DictConfig, metric: str, timeout_minutes: float, workers: int, name: str, trial_dir: Path, cpus_per_worker: float
+) -> None:
+    """One trial as a Ray Train run; its workers' reports reach Tune through Ray's Tune-report callback."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    use_gpu = torch.cuda.is_available()
+    trainer = TorchTrainer(
+        _ray_train_worker,
+        train_loop_config={"spec": OmegaConf.to_container(spec, resolve=True), "metric": metric, "timeout_minutes": timeout_minutes},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1.0} if use_gpu else {})}
+        ),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=str(trial_dir / "ray_train"),
+            failure_config=ray.train.FailureConfig(max_failures=int(spec.automl.max_failures)),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=metric, checkpoint_score_order=spec.automl.mode),
+            callbacks=[TuneReportCallback()],
+        ),
+    )
+    trainer.fit()
+
+
+def _ray_train_worker(config: dict) -> None:
+    """What each Ray Train worker runs: the trial's training under Ray's DDP strategy and environment."""
+    import ray.train
+    from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment
+
+    spec = apply_values(config["spec"], {})
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:  # Ray Train restarted the workers after a failure
+        spec.train.resume_training_checkpoint_path = _local_copy(checkpoint, Path(spec.train.results_dir) / f"rank{ray.train.get_context().get_world_rank()}")
+    _train(
+        spec, config["metric"], config["timeout_minutes"], ray.train.report,
+        strategy=RayDDPStrategy(), plugins=[RayLightningEnvironment()], devices="auto", accelerator="auto",
+    )
+
+
+class TuneReport(Callback):
+    """After every validation: the metrics to Tune, with a checkpoint Tune keeps (best and latest).
+
+    `report` is `ray.tune.report` in a trial process, or `ray.train.report` in the workers of a
+    multi-GPU trial (every worker reports; the first one's checkpoint is kept).
+    """
+
+    def __init__(self, metric: str, report: Callable[..., None] = tune.report):
+        self.metric, self.report = metric, report
         self.pending: dict[str, float] | None = None
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -81,8 +145,9 @@ class TuneReport(Callback):
         metrics.update(epoch=trainer.current_epoch + 1, step=trainer.global_step, train_loss=_scalar(trainer.callback_metrics.get("train/loss")))
         metrics.setdefault(self.metric, float("nan"))
         with tempfile.TemporaryDirectory() as directory:
-            trainer.save_checkpoint(Path(directory) / CHECKPOINT_FILE)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+            trainer.save_checkpoint(Path(directory) / CHECKPOINT_FILE)  # every rank calls it; rank 0 writes
+            checkpoint = tune.Checkpoint.from_directory(directory) if trainer.is_global_zero else None
+            self.report(metrics, checkpoint=checkpoint)
 
 
 class Watchdog(Callback):

@@ -159,3 +159,17 @@ def test_a_crashing_trial_is_retried_then_marked_failed_while_the_sweep_complete
     assert len(failed) == 1 and failed[0].data.tags["status"] == "error"
     assert sum(r.info.status == "FINISHED" for r in runs) == 2
     assert (tmp_path / "best" / "best.json").exists()
+
+
+def test_two_worker_trials_run_through_ray_train_and_free_their_resources(synthetic_data, tmp_path):
+    # Each trial is a 2-process DDP run (gloo on CPU). The second trial can only start once the
+    # first one's workers have given their CPUs back.
+    sweep = launch(["train.num_gpus=2", "automl.num_samples=2", "automl.max_epochs=5", "automl.resources_per_trial={cpu: 1}"], tmp_path, synthetic_data)
+    output = sweep.communicate(timeout=400)[0]
+    assert sweep.returncode == 0, output
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("synthetic_smoke").experiment_id
+    runs = client.search_runs([experiment], "tags.`mlflow.parentRunId` != ''")
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    assert all(client.get_metric_history(r.info.run_id, "PQ") for r in runs)
+    assert (tmp_path / "best" / "mask2former_model_best.pth").exists()
