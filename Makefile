@@ -17,9 +17,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 
+# Each demo writes a results folder of its own, so a rerun never touches an earlier one.
 demo: $(STAMP)
 	$(BIN)/automl data synth --out data/synthetic
-	$(BIN)/automl launch -e experiments/synthetic_smoke.yaml
+	$(BIN)/automl launch -e experiments/synthetic_smoke.yaml results_dir=results/demo-$$(date +%Y%m%d-%H%M%S)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

@@ -151,7 +151,7 @@ def launch(
         console.print(f"{stop}; continue it with: automl launch -e {spec} {' '.join(overrides or [])} --resume", highlight=False)
         raise typer.Exit(130)
     print_leaderboard(cfg, spec, result.parent_run_id)
-    console.print(f"best checkpoint: {result.best_checkpoint}", highlight=False)
+    console.print(f"best checkpoint: {result.best.checkpoint}", highlight=False)
     _print_ui_hint(cfg)
 
 

@@ -41,11 +41,18 @@ class SweepInterrupted(Exception):
 
 
 @dataclass
+class BestTrial:
+    """The winner at its best validation (all None/empty when no trial reported the metric)."""
+
+    trial: str | None
+    metrics: dict[str, float]
+    params: dict[str, Any]
+    checkpoint: Path | None
+
+
+@dataclass
 class SweepResult:
-    best_trial: str | None
-    best_metrics: dict[str, float]
-    best_params: dict[str, Any]
-    best_checkpoint: Path | None
+    best: BestTrial
     num_trials: int
     parent_run_id: str
 
@@ -233,18 +240,18 @@ def run_sweep(spec: DictConfig, spec_path: str | os.PathLike | None, resume: boo
 
     outcome = _select_best(results, metric, mode, spec)
     _prune_checkpoints(results, metric, mode, spec.automl.keep_top_k, validations)
-    if outcome.best_checkpoint is not None:
-        final = evaluate_checkpoint(spec, str(outcome.best_checkpoint))
+    if outcome.checkpoint is not None:
+        final = evaluate_checkpoint(spec, str(outcome.checkpoint))
         tracker.log_metrics(parent_id, {f"final/{k}": v for k, v in final.items()}, step=0)
-        write_metrics(final, outcome.best_checkpoint.parent)
+        write_metrics(final, outcome.checkpoint.parent)
         console.print(f"winner re-evaluated on dataset.val: {metric} {final.get(metric, float('nan')):.2f}", highlight=False)
-        tracker.log_artifact(parent_id, outcome.best_checkpoint, "best")
-        tracker.log_artifact(parent_id, outcome.best_checkpoint.parent / "best.json", "best")
-        version = tracker.register(parent_id, f"best/{outcome.best_checkpoint.name}")
+        tracker.log_artifact(parent_id, outcome.checkpoint, "best")
+        tracker.log_artifact(parent_id, outcome.checkpoint.parent / "best.json", "best")
+        version = tracker.register(parent_id, f"best/{outcome.checkpoint.name}")
         console.print(f"registered as MLflow model 'mask2former' version {version}", highlight=False)
-    tracker.log_metrics(parent_id, {f"best/{k}": v for k, v in outcome.best_metrics.items()}, step=0)
+    tracker.log_metrics(parent_id, {f"best/{k}": v for k, v in outcome.metrics.items()}, step=0)
     tracker.end_run(parent_id)
-    return SweepResult(outcome.best_trial, outcome.best_metrics, outcome.best_params, outcome.best_checkpoint, len(results), parent_id)
+    return SweepResult(outcome, len(results), parent_id)
 
 
 def _parent_run(tracker: Tracker, spec: DictConfig, spec_path: Any, state_file: Path, resume: bool, space: Any) -> str:
@@ -278,20 +285,12 @@ def _start_ray(spec: DictConfig) -> None:
         ray.init(include_dashboard=None, ignore_reinit_error=True, log_to_driver=False)
 
 
-@dataclass
-class _Best:
-    best_trial: str | None
-    best_metrics: dict[str, float]
-    best_params: dict[str, Any]
-    best_checkpoint: Path | None
-
-
-def _select_best(results: Any, metric: str, mode: str, spec: DictConfig) -> _Best:
+def _select_best(results: Any, metric: str, mode: str, spec: DictConfig) -> BestTrial:
     """The trial whose best validation is best (scope 'all'), copied with its checkpoint to <results_dir>/best/."""
     try:
         best = results.get_best_result(metric=metric, mode=mode, scope="all")
     except RuntimeError:
-        return _Best(None, {}, {}, None)
+        return BestTrial(None, {}, {}, None)
     history = best.metrics_dataframe
     column = history[metric]
     row = history.loc[column.idxmax() if mode == "max" else column.idxmin()]
@@ -305,7 +304,7 @@ def _select_best(results: Any, metric: str, mode: str, spec: DictConfig) -> _Bes
         shutil.copy(source, checkpoint_path)
         record = {"trial": Path(best.path).name, "params": best.config, "metrics": metrics, "metric": metric, "mode": mode, "checkpoint": str(checkpoint_path), "created": time.time()}
         (out / "best.json").write_text(json.dumps(record, indent=2, default=str))
-    return _Best(Path(best.path).name, metrics, dict(best.config), checkpoint_path)
+    return BestTrial(Path(best.path).name, metrics, dict(best.config), checkpoint_path)
 
 
 def _checkpoint_of(best: Any, row: Any, metric: str, mode: str) -> Path | None:

@@ -59,7 +59,7 @@ def test_the_best_checkpoint_is_the_best_childs_best_validation(sweep):
     record = json.loads((Path(spec.results_dir) / "best" / "best.json").read_text())
     assert record["metrics"]["PQ"] == pytest.approx(best_per_trial[winner])
     assert winner in record["trial"]
-    checkpoint = read_checkpoint(result.best_checkpoint)
+    checkpoint = read_checkpoint(result.best.checkpoint)
     assert checkpoint["spec"]["train"]["optim"]["lr"] == pytest.approx(record["params"]["train.optim.lr"])
     # Re-evaluating the kept checkpoint gives the metric it was chosen for.
     assert parent.data.metrics["final/PQ"] == pytest.approx(best_per_trial[winner], abs=1e-4)
