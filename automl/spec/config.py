@@ -90,7 +90,7 @@ class MaskFormerConfig:
     dropout: float = param(0.0, "Dropout in the pixel decoder's deformable encoder (as the original).", valid_min=0.0, valid_max=0.5)
     nheads: int = param(8, "Attention heads of the transformer decoder.", valid_min=1, valid_max=64, math_cond="^ 2", popular=True)
     num_object_queries: int = param(
-        100, "Object queries (the most segments one image can hold).", valid_min=10, valid_max=1000, popular=True, automl_enabled=True, automl_default=True
+        100, "Object queries (the most segments one image can hold).", valid_min=1, valid_max=1000, popular=True, automl_enabled=True, automl_default=True
     )
     hidden_dim: int = param(
         256, "Width of the transformer decoder.", valid_min=64, valid_max=1024, math_cond="/ 8", popular=True, automl_enabled=True, automl_default=True
