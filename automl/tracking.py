@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
 from omegaconf import DictConfig, OmegaConf
@@ -130,9 +130,6 @@ class Tracker:
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
-
-    def run_status(self, run_id: str) -> str:
-        return RunStatus.to_string(RunStatus.from_string(self.client.get_run(run_id).info.status))
 
     def register(self, run_id: str, artifact_path: str, name: str = REGISTERED_MODEL) -> int:
         """Register an artifact of `run_id` as a new version of model `name`; returns the version."""

@@ -1,7 +1,6 @@
 """One training run on CPU: it learns, names its checkpoints, resumes exactly, and is tracked in MLflow."""
 
 import math
-import os
 
 import lightning.pytorch as pl
 import pytest
