@@ -221,7 +221,11 @@ def run_sweep(spec: DictConfig, spec_path: str | os.PathLike | None, resume: boo
                     name=name,
                     storage_path=str(root),
                     failure_config=tune.FailureConfig(max_failures=spec.automl.max_failures),
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=metric, checkpoint_score_order=mode),
+                    # Best and latest per trial; PBT clones checkpoints of other trials that may
+                    # no longer be their latest, so under PBT every one stays until the end.
+                    checkpoint_config=tune.CheckpointConfig(
+                        num_to_keep=None if spec.automl.scheduler == "pbt" else 1, checkpoint_score_attribute=metric, checkpoint_score_order=mode
+                    ),
                     callbacks=[callback],
                     verbose=0,
                 ),

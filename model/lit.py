@@ -98,6 +98,16 @@ class Mask2FormerModule(pl.LightningModule):
         self.log("lr", head_lr, prog_bar=True, batch_size=batch_size)
         return loss
 
+    def on_train_start(self) -> None:
+        # A resumed run trains with this module's lr and weight decay, not the checkpoint's: the
+        # same values on an exact resume, new ones when a PBT clone continues with mutated values.
+        optimizer = self.trainer.optimizers[0]
+        scheduler = self.trainer.lr_scheduler_configs[0].scheduler
+        for i, (group, wanted) in enumerate(zip(optimizer.param_groups, self.parameter_groups())):
+            group["initial_lr"] = scheduler.base_lrs[i] = wanted["lr"]
+            group["weight_decay"] = wanted["weight_decay"]
+            group["lr"] = wanted["lr"] * scheduler.lr_lambdas[i](scheduler.last_epoch)
+
     def on_validation_epoch_start(self) -> None:
         self.evaluator.reset()
 

@@ -172,3 +172,14 @@ def test_two_worker_trials_run_through_ray_train_and_free_their_resources(synthe
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
     assert all(client.get_metric_history(r.info.run_id, "PQ") for r in runs)
     assert (tmp_path / "best" / "mask2former_model_best.pth").exists()
+
+
+def test_population_based_training_clones_and_mutates_trials(synthetic_data, tmp_path):
+    sweep = launch(["automl.algorithm=pbt", "automl.scheduler=pbt", "automl.num_samples=2", "automl.max_epochs=15", "automl.max_concurrent=2"], tmp_path, synthetic_data)
+    output = sweep.communicate(timeout=600)[0]
+    assert sweep.returncode == 0, output
+    exploits = (tmp_path / "automl" / "synthetic_smoke" / "pbt_global.txt").read_text().splitlines()
+    assert exploits  # at least one trial continued from the other's checkpoint with new values
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("synthetic_smoke").experiment_id], "tags.`mlflow.parentRunId` != ''")
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)

@@ -154,3 +154,13 @@ def test_pretrained_weights_load_with_a_report_of_skipped_keys(smoke_spec, tmp_p
     assert report["missing"] == [] and report["unexpected"] == []
     with pytest.raises(UserError, match="checkpoint not found"):
         load_weights(module.model, tmp_path / "nope.pth")
+
+
+def test_a_resumed_run_takes_the_lr_of_its_spec_not_of_the_checkpoint(smoke_spec):
+    # What a PBT clone does: continue another trial's checkpoint with mutated values.
+    spec = smoke_spec("train.num_epochs=2", "train.validation_interval=2", "train.optim.lr_scheduler=MultiStep", "train.optim.milestones=[]")
+    run_training(spec, callbacks=[StopAfter(1)], progress=False)
+    spec.train.optim.lr = spec.train.optim.lr / 4
+    resumed = Record()
+    run_training(spec, callbacks=[resumed], progress=False)
+    assert [lr for _, _, lr, _ in resumed.steps] == pytest.approx([spec.train.optim.lr] * len(resumed.steps))
