@@ -20,6 +20,7 @@ from automl.spec import load_spec
 from automl.spec.load import check_action_inputs
 from automl.spec.schema import DEFAULT_SCHEMA_DIR, write_schemas
 from model.errors import UserError
+from model.lit import NonFiniteLossError
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False, help=__doc__.split("\n")[0])
 spec_app = typer.Typer(no_args_is_help=True, help="Inspect specs.")
@@ -267,6 +268,9 @@ def main() -> None:
     except UserError as err:
         Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False)
         sys.exit(2)
+    except NonFiniteLossError as err:  # the last good checkpoint stays in <results_dir>/train
+        Console(stderr=True).print(f"[bold red]training stopped:[/] {err}", highlight=False)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
