@@ -19,8 +19,7 @@ from rich.console import Console
 from automl.spec import load_spec
 from automl.spec.load import check_action_inputs
 from automl.spec.schema import DEFAULT_SCHEMA_DIR, write_schemas
-from model.errors import UserError
-from model.lit import NonFiniteLossError
+from model.errors import NonFiniteLossError, UserError
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False, help=__doc__.split("\n")[0])
 spec_app = typer.Typer(no_args_is_help=True, help="Inspect specs.")

@@ -7,3 +7,7 @@ CLI prints its message without a traceback.
 
 class UserError(Exception):
     """A problem in the user's input: the message names the file, key or value and what was expected."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite (the run stops; its last good checkpoint stays)."""

@@ -13,16 +13,13 @@ import torch
 from torch import nn
 
 from model.criterion import SetCriterion
+from model.errors import NonFiniteLossError
 from model.evaluator import SegmentationEvaluator
 from model.lr_schedule import lr_multiplier, milestone_steps
 
 # Parameters that get no weight decay besides norms and embeddings (as the original).
 NO_DECAY_NAMES = ("relative_position_bias_table", "absolute_pos_embed", "query_feat", "query_embed", "level_embed")
 NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm2d, nn.SyncBatchNorm, nn.Embedding)
-
-
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite."""
 
 
 class Mask2FormerModule(pl.LightningModule):
