@@ -24,7 +24,7 @@ from ray import tune
 
 from automl.spec.load import apply_values
 from automl.training import LATEST_NAME, run_training
-from model.lit import NonFiniteLossError
+from model.errors import NonFiniteLossError
 
 log = logging.getLogger(__name__)
 CHECKPOINT_FILE = f"{LATEST_NAME}.pth"

@@ -14,7 +14,7 @@ from automl.tracking import tracking_uri
 from automl.training import BEST_NAME, LATEST_NAME, run_training, train_dir
 from model.checkpoint import load_weights, read_checkpoint
 from model.errors import UserError
-from model.lit import NonFiniteLossError
+from model.errors import NonFiniteLossError
 from tests.conftest import SMOKE_SPEC, data_overrides
 
 
