@@ -17,7 +17,6 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from automl.spec import load_spec
-from automl.spec.load import check_action_inputs
 from automl.spec.schema import DEFAULT_SCHEMA_DIR, write_schemas
 from model.errors import NonFiniteLossError, UserError
 
@@ -34,9 +33,9 @@ SpecOption = typer.Option(..., "-e", "--experiment-spec", help="The experiment s
 OverridesArgument = typer.Argument(None, help="Dotted overrides, e.g. train.optim.lr=1e-4", show_default=False)
 
 
-def load(spec: Path | None, overrides: Optional[List[str]], action: str | None = None) -> DictConfig:
+def load(spec: Path | None, overrides: Optional[List[str]], action: str | None = None, need_checkpoint: bool = True) -> DictConfig:
     """The one place the CLI turns `-e SPEC k=v ...` into a validated spec."""
-    return load_spec(spec, overrides or [], action=action)
+    return load_spec(spec, overrides or [], action=action, need_checkpoint=need_checkpoint)
 
 
 @spec_app.command("show")
@@ -166,10 +165,7 @@ def evaluate(
     from automl.actions.evaluate import evaluate_checkpoint, evaluate_predictions, print_metrics, write_metrics
     from automl.training import build_label_map
 
-    cfg = load(spec, overrides)
-    errors = list(check_action_inputs(cfg, "evaluate", need_checkpoint=predictions is None))
-    if errors:
-        raise UserError(f"{spec}: invalid spec:\n  - " + "\n  - ".join(errors))
+    cfg = load(spec, overrides, "evaluate", need_checkpoint=predictions is None)
     if predictions is not None:
         metrics = evaluate_predictions(cfg, predictions)
     else:

@@ -27,7 +27,7 @@ from rich.console import Console
 from automl.actions.evaluate import evaluate_checkpoint, write_metrics
 from automl.search import build_scheduler, build_searcher, check_combination, resolve_search_space
 from automl.tracking import TRIAL_TAG, Tracker, run_tags
-from automl.training import target_metric
+from automl.training import BEST_NAME, target_metric
 from automl.trial import CHECKPOINT_FILE, STATUS_KEY, run_trial
 from model.errors import UserError
 
@@ -304,7 +304,7 @@ def _select_best(results: Any, metric: str, mode: str, spec: DictConfig) -> Best
     if source is not None:
         out = Path(spec.results_dir) / "best"
         out.mkdir(parents=True, exist_ok=True)
-        checkpoint_path = out / CHECKPOINT_FILE.replace("latest", "best")
+        checkpoint_path = out / f"{BEST_NAME}.pth"
         shutil.copy(source, checkpoint_path)
         record = {"trial": Path(best.path).name, "params": best.config, "metrics": metrics, "metric": metric, "mode": mode, "checkpoint": str(checkpoint_path), "created": time.time()}
         (out / "best.json").write_text(json.dumps(record, indent=2, default=str))

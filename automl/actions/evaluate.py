@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from automl.training import LATEST_NAME, build_datamodule, build_label_map, build_module, seed_everything, train_dir
+from automl.training import BEST_NAME, LATEST_NAME, build_datamodule, build_label_map, build_module, seed_everything, train_dir
 from model.checkpoint import load_weights, read_checkpoint
 from model.data import LabelMap
 from model.data.files import read_label_png
@@ -24,7 +24,6 @@ from model.errors import UserError
 from model.metrics import SemanticMetrics, ap_from_coco_files, pq_from_coco_files
 
 console = Console()
-BEST_FILE = "mask2former_model_best.pth"
 # Parts of the model section that fix the network's shape (taken from the checkpoint).
 ARCHITECTURE_KEYS = ("backbone", "sem_seg_head", "mask_former")
 
@@ -32,7 +31,7 @@ ARCHITECTURE_KEYS = ("backbone", "sem_seg_head", "mask_former")
 def resolve_checkpoint(spec: DictConfig, value: str) -> Path:
     """'best' (the sweep's winner), 'latest' (of the plain training run) or a path."""
     if value == "best":
-        path = Path(spec.results_dir) / "best" / BEST_FILE
+        path = Path(spec.results_dir) / "best" / f"{BEST_NAME}.pth"
     elif value == "latest":
         path = train_dir(spec) / f"{LATEST_NAME}.pth"
     else:

@@ -72,10 +72,13 @@ def parse_yaml(text: Any) -> Any:
     return yaml.load(text, Loader=_SpecLoader)  # noqa: S506 (a SafeLoader subclass)
 
 
-def load_spec(path: str | os.PathLike | None, overrides: Sequence[str] = (), action: str | None = None) -> DictConfig:
+def load_spec(
+    path: str | os.PathLike | None, overrides: Sequence[str] = (), action: str | None = None, need_checkpoint: bool = True
+) -> DictConfig:
     """Read `path` (or only defaults when None), apply `key=value` overrides and validate.
 
-    With `action` set, the inputs that action needs (data paths, checkpoint) are checked too.
+    With `action` set, the inputs that action needs (data paths, and its checkpoint unless
+    need_checkpoint is False) are checked too.
     Raises UserError naming the file/key and what was expected.
     """
     source = str(path) if path is not None else "<defaults>"
@@ -83,7 +86,8 @@ def load_spec(path: str | os.PathLike | None, overrides: Sequence[str] = (), act
     for key in IGNORED_KEYS:
         if key in user:
             log.warning("%s: '%s' is accepted for compatibility and ignored", source, key)
-    return build_spec([(_drop_missing_markers(user), source), (parse_overrides(overrides), "command line")], action)
+    layers = [(_drop_missing_markers(user), source), (parse_overrides(overrides), "command line")]
+    return build_spec(layers, action, need_checkpoint)
 
 
 def apply_values(base: dict, values: dict[str, Any]) -> DictConfig:
@@ -91,7 +95,7 @@ def apply_values(base: dict, values: dict[str, Any]) -> DictConfig:
     return build_spec([(base, "spec"), (nest(values), "trial values")])
 
 
-def build_spec(layers: Sequence[tuple[dict, str]], action: str | None = None) -> DictConfig:
+def build_spec(layers: Sequence[tuple[dict, str]], action: str | None = None, need_checkpoint: bool = True) -> DictConfig:
     """Defaults, then each (mapping, where it came from) layer in order; then every check."""
     for layer, where in layers:
         check_keys(layer, ExperimentConfig, where)
@@ -107,7 +111,7 @@ def build_spec(layers: Sequence[tuple[dict, str]], action: str | None = None) ->
     _make_paths_absolute(spec)
     errors = list(validate(spec))
     if action is not None:
-        errors += list(check_action_inputs(spec, action))
+        errors += list(check_action_inputs(spec, action, need_checkpoint))
     if errors:
         raise UserError(f"{layers[0][1]}: invalid spec:\n  - " + "\n  - ".join(errors))
     return spec
