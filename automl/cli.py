@@ -103,10 +103,12 @@ def convert(
     """Import a public Mask2Former checkpoint: weights plus the matching model.* spec (fine-tune with train.pretrained_model_path)."""
     import yaml
 
+    from automl.spec.model_args import spec_model_values
     from model.checkpoint import save_weights
     from model.convert import convert_hf_checkpoint
 
-    state, model_values = convert_hf_checkpoint(str(from_hf))
+    state, kwargs = convert_hf_checkpoint(str(from_hf))
+    model_values = spec_model_values(kwargs)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_weights(out, state, {"model": model_values})
     console.print(f"wrote {out} ({len(state)} tensors). Its model section, for your spec:", highlight=False)

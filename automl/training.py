@@ -16,13 +16,13 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar
 from omegaconf import DictConfig, OmegaConf
 
-from model.checkpoint import load_weights
+from automl.spec.model_args import build_network
+from model.checkpoint import load_weights, read_checkpoint
 from model.criterion import SetCriterion
 from model.data import LabelMap, build_dataset, collate
 from model.datamodule import SegmentationDataModule
 from model.evaluator import SegmentationEvaluator
 from model.lit import Mask2FormerModule
-from model.mask2former import build_model
 from model.matcher import HungarianMatcher
 from model.postprocess import Postprocessor
 
@@ -105,7 +105,7 @@ def build_label_map(spec: DictConfig) -> LabelMap:
 def build_module(spec: DictConfig, label_map: LabelMap) -> Mask2FormerModule:
     """Network, matcher, losses, post-processing and metrics as the spec's model section says."""
     mf = spec.model.mask_former
-    network = build_model(spec.model)
+    network = build_network(spec.model)
     matcher = HungarianMatcher(cost_class=mf.class_weight, cost_mask=mf.mask_weight, cost_dice=mf.dice_weight, num_points=mf.train_num_points)
     criterion = SetCriterion(
         spec.model.sem_seg_head.num_classes,
@@ -221,10 +221,14 @@ def checkpoint_callbacks(spec: DictConfig, directory: Path, metric: str) -> list
 
 def resume_checkpoint(spec: DictConfig) -> str | None:
     """train.resume_training_checkpoint_path, else the latest checkpoint of this results_dir."""
-    if spec.train.resume_training_checkpoint_path:
-        return spec.train.resume_training_checkpoint_path
-    latest = train_dir(spec) / f"{LATEST_NAME}.pth"
-    return str(latest) if latest.exists() else None
+    path = spec.train.resume_training_checkpoint_path
+    if not path:
+        latest = train_dir(spec) / f"{LATEST_NAME}.pth"
+        if not latest.exists():
+            return None
+        path = str(latest)
+    read_checkpoint(path)  # a missing, pickled or corrupt file is a one-line error before any work
+    return path
 
 
 def seed_everything(spec: DictConfig) -> None:
@@ -242,18 +246,19 @@ def run_training(
     Tune). trainer_overrides replace Trainer arguments (a Ray Train worker passes Ray's strategy).
     """
     seed_everything(spec)
+    resume = resume_checkpoint(spec)
     label_map = build_label_map(spec)
     datamodule = build_datamodule(spec, label_map)
     module = build_module(spec, label_map)
     if spec.train.pretrained_model_path:
-        load_weights(module.model, spec.train.pretrained_model_path)
+        load_weights(module.model, spec.train.pretrained_model_path, skip_mismatched=True)  # fine-tuning may replace the class head
     directory = train_dir(spec)
     metric = target_metric(spec)
     tracker = BestMetrics(metric, spec.automl.mode)
     saving = checkpoint_callbacks(spec, directory, metric) if keep_checkpoints else []
     bars = [RichProgressBar(leave=True)] if progress else []
     trainer = pl.Trainer(**{**trainer_settings(spec), **trainer_overrides}, callbacks=[AttachSpec(spec), *saving, tracker, *bars, *callbacks], enable_progress_bar=progress)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_checkpoint(spec))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     latest = directory / f"{LATEST_NAME}.pth"
     best = saving[1].best_model_path if saving else ""
     return TrainResult(

@@ -39,9 +39,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere: `model` is the repo's package
     sys.path.insert(0, str(ROOT))
 
-from model.convert.hf import _model_overrides, _namespace  # noqa: E402  (the tested HF -> ours mapping)
+from model import build_mask2former  # noqa: E402
+from model.convert import mask2former_kwargs  # noqa: E402  (the tested HF -> ours mapping)
 from model.criterion import SetCriterion  # noqa: E402
-from model.mask2former import build_model  # noqa: E402
 from model.matcher import HungarianMatcher  # noqa: E402
 
 IMPLS = ("ours", "hf")
@@ -77,15 +77,15 @@ def hf_config_dict(tiny: bool = False, num_points: int | None = None) -> dict[st
 
 def build_ours(config: dict[str, Any]) -> tuple[torch.nn.Module, SetCriterion]:
     """Our network and criterion for the architecture `config` describes."""
-    cfg = _namespace(_model_overrides(config, "benchmark config"))
-    mf = cfg.mask_former
-    matcher = HungarianMatcher(cost_class=mf.class_weight, cost_mask=mf.mask_weight, cost_dice=mf.dice_weight, num_points=mf.train_num_points)
+    kwargs = mask2former_kwargs(config, "benchmark config")
+    c = config  # the loss settings, in HF's names
+    matcher = HungarianMatcher(cost_class=c["class_weight"], cost_mask=c["mask_weight"], cost_dice=c["dice_weight"], num_points=c["train_num_points"])
     criterion = SetCriterion(
-        cfg.sem_seg_head.num_classes, matcher, class_weight=mf.class_weight, mask_weight=mf.mask_weight, dice_weight=mf.dice_weight,
-        no_object_weight=mf.no_object_weight, num_points=mf.train_num_points, oversample_ratio=mf.oversample_ratio,
-        importance_sample_ratio=mf.importance_sample_ratio, deep_supervision=True,
+        kwargs["num_classes"], matcher, class_weight=c["class_weight"], mask_weight=c["mask_weight"], dice_weight=c["dice_weight"],
+        no_object_weight=c["no_object_weight"], num_points=c["train_num_points"], oversample_ratio=c["oversample_ratio"],
+        importance_sample_ratio=c["importance_sample_ratio"], deep_supervision=True,
     )
-    return build_model(cfg), criterion
+    return build_mask2former(**kwargs), criterion
 
 
 def build_hf(config: dict[str, Any]) -> torch.nn.Module:

@@ -2,22 +2,36 @@
 
 `Mask2Former` maps normalised images to per-query class logits and mask logits; the same
 network serves panoptic, instance and semantic segmentation (the post-processing differs).
-`build_model` assembles it from the spec's `model` section, the only place in `model/` that
-reads the spec, by attribute access (a dataclass, OmegaConf node or SimpleNamespace).
+`build_mask2former(...)` is the one factory, with explicit keyword arguments whose defaults are
+the original's Swin-T COCO panoptic recipe; `PRESETS` names the published configurations.
 """
 
-from typing import Any
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
 
-from model.backbone import SWIN_PRESETS, build_backbone, load_pretrained_backbone
-from model.errors import UserError
+from model.backbone import build_backbone, load_pretrained_backbone
+from model.errors import ArgumentError
 from model.pixel_decoder import MSDeformAttnPixelDecoder
 from model.transformer_decoder import MaskedAttentionDecoder
 
-BACKBONE_OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+BACKBONE_OUT_FEATURES = ("res2", "res3", "res4", "res5")
 ENCODER_FFN_DIM = 1024  # fixed by the original for the deformable encoder
+GROUP_NORM_GROUPS = 32  # the pixel decoder's GroupNorm(32, conv_dim)
+
+# The published Mask2Former configurations (arguments that differ from the defaults).
+PRESETS: dict[str, dict[str, Any]] = {
+    "swin_tiny_coco_panoptic": dict(backbone="swin_tiny", num_classes=133),
+    "swin_small_coco_panoptic": dict(backbone="swin_small", num_classes=133),
+    "swin_base_coco_panoptic": dict(backbone="swin_base", num_classes=133, backbone_kwargs=dict(window_size=12, pretrain_img_size=384)),
+    "swin_large_coco_panoptic": dict(
+        backbone="swin_large", num_classes=133, num_queries=200, backbone_kwargs=dict(window_size=12, pretrain_img_size=384)
+    ),
+    "resnet50_coco_panoptic": dict(backbone="resnet50", num_classes=133),
+    "swin_tiny_coco_instance": dict(backbone="swin_tiny", num_classes=80),
+    "swin_tiny_ade_semantic": dict(backbone="swin_tiny", num_classes=150),
+}
 
 
 class Mask2Former(nn.Module):
@@ -51,99 +65,87 @@ class Mask2Former(nn.Module):
         return self.transformer_decoder(multi_scale_features, mask_features)
 
 
-def _backbone_name_and_args(backbone_cfg: Any) -> tuple[str, dict]:
-    """build_backbone's name and arguments from model.backbone."""
-    if backbone_cfg.type == "resnet50":
-        return "resnet50", {"use_checkpoint": bool(backbone_cfg.swin.use_checkpoint)}
-    if backbone_cfg.type != "swin":
-        raise UserError(f"model.backbone.type: {backbone_cfg.type!r} is not built by this platform; expected 'swin' or 'resnet50'")
-    swin = backbone_cfg.swin
-    if list(swin.out_indices) != [0, 1, 2, 3] or list(swin.out_features) != BACKBONE_OUT_FEATURES:
-        raise UserError(
-            f"model.backbone.swin.out_indices / out_features: Mask2Former uses all four stages, expected [0, 1, 2, 3] / "
-            f"{BACKBONE_OUT_FEATURES}, got {list(swin.out_indices)} / {list(swin.out_features)}"
-        )
-    args = dict(
-        patch_size=swin.patch_size,
-        window_size=swin.window_size,
-        mlp_ratio=swin.mlp_ratio,
-        qkv_bias=swin.qkv_bias,
-        drop_rate=swin.drop_rate,
-        attn_drop_rate=swin.attn_drop_rate,
-        drop_path_rate=swin.drop_path_rate,
-        ape=swin.ape,
-        patch_norm=swin.patch_norm,
-        pretrain_img_size=swin.pretrain_img_size,
-        use_checkpoint=swin.use_checkpoint,
-    )
-    if swin.type == "custom":
-        args.update(embed_dim=swin.embed_dim, depths=list(swin.depths), num_heads=list(swin.num_heads))
-        return "swin", args
-    if swin.type not in SWIN_PRESETS:
-        raise UserError(f"model.backbone.swin.type: {swin.type!r}, expected one of {list(SWIN_PRESETS) + ['custom']}")
-    return f"swin_{swin.type}", args
+def build_mask2former(
+    backbone: str = "swin_tiny",
+    *,
+    num_classes: int = 133,
+    num_queries: int = 100,
+    hidden_dim: int = 256,
+    nheads: int = 8,
+    dim_feedforward: int = 2048,
+    dec_layers: int = 10,
+    pre_norm: bool = False,
+    conv_dim: int = 256,
+    mask_dim: int = 256,
+    num_encoder_layers: int = 6,
+    encoder_in_features: Sequence[str] = ("res3", "res4", "res5"),
+    common_stride: int = 4,
+    dropout: float = 0.0,
+    backbone_kwargs: Optional[Mapping[str, Any]] = None,
+    backbone_weights: Optional[str] = None,
+) -> Mask2Former:
+    """A randomly initialised Mask2Former (the backbone from local ImageNet weights if given).
 
-
-def build_model(model_cfg: Any) -> Mask2Former:
-    """Mask2Former from the spec's `model` section (keys as in the reference spec's `model:`).
-
-    Reads model.backbone.{type, pretrained_weights, swin.*}, model.sem_seg_head.{common_stride,
-    transformer_enc_layers, convs_dim, mask_dim, deformable_transformer_encoder_in_features,
-    num_classes, norm} and model.mask_former.{dropout, nheads, num_object_queries, hidden_dim,
-    dim_feedforward, dec_layers, pre_norm}. model.mode and the loss weights do not change the
-    network. model.backbone.swin.use_checkpoint (the spec's backbone checkpointing key) also
-    applies to ResNet-50. As in the original, mask_former.nheads and mask_former.dropout also configure the
-    pixel decoder's deformable encoder, whose FFN width is fixed at 1024; the decoder layers
-    themselves use no dropout. With model.backbone.pretrained_weights set, the backbone's
-    ImageNet weights are loaded from that local file.
+    Args:
+        backbone: a name `model.backbone.build_backbone` knows ('swin_tiny' ... 'swin_large',
+            'swin', 'resnet50').
+        num_classes: classes predicted, no-object excluded.
+        num_queries: object queries (the most segments one image can hold).
+        hidden_dim, nheads, dim_feedforward, pre_norm: of the transformer decoder layers.
+        dec_layers: predictions made, the one from the initial queries included (10: 9 layers).
+        conv_dim: channels of the pixel decoder (a multiple of 32, for GroupNorm).
+        mask_dim: channels of the per-pixel mask embeddings.
+        num_encoder_layers: deformable-attention encoder layers of the pixel decoder.
+        encoder_in_features: the backbone maps ('res2' ... 'res5') the encoder attends to.
+        common_stride: stride of the mask features (4 or 8).
+        dropout: of the deformable encoder; as in the original, nheads also sets its heads and its
+            FFN width is fixed at 1024; the decoder layers use no dropout.
+        backbone_kwargs: further arguments of `build_backbone` (window_size, drop_path_rate,
+            use_checkpoint, embed_dim/depths/num_heads for 'swin', ...).
+        backbone_weights: a local .pth/.safetensors file of ImageNet weights for the backbone.
 
     Raises:
-        UserError: a value the network cannot be built with, named by its key.
+        ArgumentError: a value the network cannot be built with, named by its argument.
+        UserError: an unreadable backbone_weights file.
     """
-    head, decoder = model_cfg.sem_seg_head, model_cfg.mask_former
-    if head.norm != "GN":
-        raise UserError(f"model.sem_seg_head.norm: {head.norm!r}, only 'GN' is supported")
-    if head.convs_dim % 32 != 0:
-        raise UserError(f"model.sem_seg_head.convs_dim: {head.convs_dim} must be a multiple of 32 (GroupNorm with 32 groups)")
-    for key, dim in (("sem_seg_head.convs_dim", head.convs_dim), ("mask_former.hidden_dim", decoder.hidden_dim)):
-        if dim % decoder.nheads != 0:
-            raise UserError(f"model.{key}: {dim} must be divisible by model.mask_former.nheads ({decoder.nheads})")
-    if decoder.dec_layers < 1:
-        raise UserError(f"model.mask_former.dec_layers: {decoder.dec_layers}, expected >= 1")
+    if conv_dim % GROUP_NORM_GROUPS != 0:
+        raise ArgumentError("conv_dim", f"{conv_dim} must be a multiple of {GROUP_NORM_GROUPS} (GroupNorm with {GROUP_NORM_GROUPS} groups)")
+    for name, dim in (("conv_dim", conv_dim), ("hidden_dim", hidden_dim)):
+        if dim % nheads != 0:
+            raise ArgumentError(name, f"{dim} must be divisible by nheads ({nheads})")
+    if dec_layers < 1:
+        raise ArgumentError("dec_layers", f"{dec_layers}, expected >= 1")
+    unknown = [f for f in encoder_in_features if f not in BACKBONE_OUT_FEATURES]
+    if unknown or not encoder_in_features:
+        raise ArgumentError("encoder_in_features", f"{list(encoder_in_features)}, expected names among {list(BACKBONE_OUT_FEATURES)}")
 
-    name, args = _backbone_name_and_args(model_cfg.backbone)
-    backbone = build_backbone(name, **args)
-    if model_cfg.backbone.pretrained_weights:
-        load_pretrained_backbone(backbone, model_cfg.backbone.pretrained_weights)
-
-    in_features = list(head.deformable_transformer_encoder_in_features)
-    unknown = [f for f in in_features if f not in BACKBONE_OUT_FEATURES]
-    if unknown or not in_features:
-        raise UserError(f"model.sem_seg_head.deformable_transformer_encoder_in_features: {in_features}, expected names among {BACKBONE_OUT_FEATURES}")
+    network = build_backbone(backbone, **(backbone_kwargs or {}))
+    if backbone_weights:
+        load_pretrained_backbone(network, backbone_weights)
     try:
         pixel_decoder = MSDeformAttnPixelDecoder(
-            in_channels=backbone.channels,
-            in_strides=backbone.strides,
-            encoder_in_features=[BACKBONE_OUT_FEATURES.index(f) for f in in_features],
-            conv_dim=head.convs_dim,
-            mask_dim=head.mask_dim,
-            num_encoder_layers=head.transformer_enc_layers,
-            nheads=decoder.nheads,
+            in_channels=network.channels,
+            in_strides=network.strides,
+            encoder_in_features=[BACKBONE_OUT_FEATURES.index(f) for f in encoder_in_features],
+            conv_dim=conv_dim,
+            mask_dim=mask_dim,
+            num_encoder_layers=num_encoder_layers,
+            nheads=nheads,
             dim_feedforward=ENCODER_FFN_DIM,
-            dropout=decoder.dropout,
-            common_stride=head.common_stride,
+            dropout=dropout,
+            common_stride=common_stride,
         )
     except ValueError as exc:
-        raise UserError(f"model.sem_seg_head: deformable_transformer_encoder_in_features {in_features} with common_stride {head.common_stride}: {exc}") from exc
+        raise ArgumentError("encoder_in_features", f"{list(encoder_in_features)} with common_stride {common_stride}: {exc}") from exc
     transformer_decoder = MaskedAttentionDecoder(
-        in_channels=head.convs_dim,
-        num_classes=head.num_classes,
-        hidden_dim=decoder.hidden_dim,
-        num_queries=decoder.num_object_queries,
-        nheads=decoder.nheads,
-        dim_feedforward=decoder.dim_feedforward,
-        dec_layers=decoder.dec_layers,
-        pre_norm=decoder.pre_norm,
-        mask_dim=head.mask_dim,
+        in_channels=conv_dim,
+        num_classes=num_classes,
+        hidden_dim=hidden_dim,
+        num_queries=num_queries,
+        nheads=nheads,
+        dim_feedforward=dim_feedforward,
+        dec_layers=dec_layers,
+        pre_norm=pre_norm,
+        mask_dim=mask_dim,
     )
-    return Mask2Former(backbone, pixel_decoder, transformer_decoder)
+    return Mask2Former(network, pixel_decoder, transformer_decoder)

@@ -2,7 +2,7 @@
 
 A checkpoint directory (config.json + model.safetensors, sharded safetensors or
 pytorch_model.bin, as `save_pretrained` writes it or the hub serves it) becomes our state dict
-plus the `model.*` spec values that build the matching network. Both the Swin key names that
+plus the `build_mask2former` arguments of the matching network. Both the Swin key names that
 checkpoints are saved with (`attention.self.query`, `intermediate.dense`) and those of
 transformers 5 in memory (`attention.q_proj`, `mlp.fc1`) are read. Nothing is downloaded and
 transformers is not needed.
@@ -15,13 +15,14 @@ cross-attention in-projection is split into q/k/v.
 import json
 import os
 import re
-from types import SimpleNamespace
+from typing import Any
 
 import torch
 
-from model.backbone import SWIN_PRESETS
+from model.checkpoint import read_checkpoint
 from model.errors import UserError
-from model.mask2former import ENCODER_FFN_DIM, Mask2Former, build_model
+from model.mask2former import ENCODER_FFN_DIM, Mask2Former, build_mask2former
+from model.swin import SWIN_PRESETS
 
 _BACKBONE = "model.pixel_level_module.encoder."
 _PIXEL_DECODER = "model.pixel_level_module.decoder."
@@ -96,27 +97,21 @@ def _read_weights(hf_dir: str) -> dict[str, torch.Tensor]:
     single = os.path.join(hf_dir, "model.safetensors")
     index = os.path.join(hf_dir, "model.safetensors.index.json")
     legacy = os.path.join(hf_dir, "pytorch_model.bin")
-    try:
-        if os.path.isfile(single) or os.path.isfile(index):
-            from safetensors.torch import load_file
-
-            if os.path.isfile(single):
-                return load_file(single, device="cpu")
+    if os.path.isfile(index) and not os.path.isfile(single):
+        try:
             with open(index) as f:
                 shards = sorted(set(json.load(f)["weight_map"].values()))
-            state = {}
-            for shard in shards:
-                state.update(load_file(os.path.join(hf_dir, shard), device="cpu"))
-            return state
-        if os.path.isfile(legacy):
-            return torch.load(legacy, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a corrupt file is the user's to fix
-        raise UserError(f"cannot read the weights in {hf_dir!r} ({exc})") from exc
+        except (OSError, ValueError, KeyError, AttributeError) as exc:
+            raise UserError(f"{index}: not a safetensors shard index ({exc})") from None
+        return {k: v for shard in shards for k, v in read_checkpoint(os.path.join(hf_dir, shard)).items()}
+    for path in (single, legacy):
+        if os.path.isfile(path):
+            return read_checkpoint(path)
     raise UserError(f"{hf_dir!r} has no weights: expected model.safetensors, model.safetensors.index.json or pytorch_model.bin")
 
 
-def _model_overrides(config: dict, source: str) -> dict:
-    """Nested `model.*` spec values of the network a Mask2Former config describes."""
+def mask2former_kwargs(config: dict, source: str) -> dict[str, Any]:
+    """The `build_mask2former` arguments of the network a Hugging Face Mask2Former config describes."""
     swin = config.get("backbone_config") or {}
     if swin.get("model_type") != "swin" or config.get("use_timm_backbone") or config.get("backbone"):
         raise UserError(f"{source}: only Swin backbones (backbone_config.model_type 'swin') can be imported, got {swin.get('model_type') or config.get('backbone')!r}")
@@ -136,62 +131,40 @@ def _model_overrides(config: dict, source: str) -> dict:
     hidden_dim, feature_size = config.get("hidden_dim", 256), config.get("feature_size", 256)
     if config.get("enforce_input_projection") and hidden_dim == feature_size:
         raise UserError(f"{source}: enforce_input_projection with feature_size == hidden_dim is not supported (the decoder projects only when they differ)")
-
-    embed_dim, depths, num_heads = swin["embed_dim"], list(swin["depths"]), list(swin["num_heads"])
-    size = next((name for name, preset in SWIN_PRESETS.items() if preset == (embed_dim, tuple(depths), tuple(num_heads))), "custom")
     id2label = config.get("id2label") or {}
     if not id2label:
         raise UserError(f"{source}: id2label is empty; the number of classes cannot be known")
-    return {
-        "backbone": {
-            "type": "swin",
-            "pretrained_weights": "",
-            "swin": {
-                "type": size,
-                "embed_dim": embed_dim,
-                "depths": depths,
-                "num_heads": num_heads,
-                "patch_size": swin.get("patch_size", 4),
-                "window_size": swin.get("window_size", 7),
-                "mlp_ratio": swin.get("mlp_ratio", 4.0),
-                "qkv_bias": swin.get("qkv_bias", True),
-                "drop_rate": swin.get("hidden_dropout_prob", 0.0),
-                "attn_drop_rate": swin.get("attention_probs_dropout_prob", 0.0),
-                "drop_path_rate": swin.get("drop_path_rate", 0.1),
-                "ape": False,
-                "patch_norm": True,
-                "out_indices": [0, 1, 2, 3],
-                "pretrain_img_size": swin.get("image_size", 224),
-                "use_checkpoint": False,
-                "out_features": ["res2", "res3", "res4", "res5"],
-            },
-        },
-        "sem_seg_head": {
-            "common_stride": config.get("common_stride", 4),
-            "transformer_enc_layers": config.get("encoder_layers", 6),
-            "convs_dim": feature_size,
-            "mask_dim": config.get("mask_feature_size", 256),
-            "deformable_transformer_encoder_in_features": ["res3", "res4", "res5"],
-            "num_classes": len(id2label),
-            "norm": "GN",
-        },
-        "mask_former": {
-            "dropout": config.get("dropout", 0.0),
-            "nheads": config.get("num_attention_heads", 8),
-            "num_object_queries": config.get("num_queries", 100),
-            "hidden_dim": hidden_dim,
-            "dim_feedforward": config.get("dim_feedforward", 2048),
-            "dec_layers": config.get("decoder_layers", 10),
-            "pre_norm": config.get("pre_norm", False),
-            "class_weight": config.get("class_weight", 2.0),
-            "dice_weight": config.get("dice_weight", 5.0),
-            "mask_weight": config.get("mask_weight", 5.0),
-            "train_num_points": config.get("train_num_points", 12544),
-            "oversample_ratio": config.get("oversample_ratio", 3.0),
-            "importance_sample_ratio": config.get("importance_sample_ratio", 0.75),
-            "no_object_weight": config.get("no_object_weight", 0.1),
-        },
-    }
+
+    shape = (swin["embed_dim"], tuple(swin["depths"]), tuple(swin["num_heads"]))
+    size = next((name for name, preset in SWIN_PRESETS.items() if preset == shape), None)
+    backbone_kwargs = dict(
+        patch_size=swin.get("patch_size", 4),
+        window_size=swin.get("window_size", 7),
+        mlp_ratio=swin.get("mlp_ratio", 4.0),
+        qkv_bias=swin.get("qkv_bias", True),
+        drop_rate=swin.get("hidden_dropout_prob", 0.0),
+        attn_drop_rate=swin.get("attention_probs_dropout_prob", 0.0),
+        drop_path_rate=swin.get("drop_path_rate", 0.1),
+        pretrain_img_size=swin.get("image_size", 224),
+    )
+    if size is None:
+        backbone_kwargs.update(embed_dim=shape[0], depths=list(shape[1]), num_heads=list(shape[2]))
+    return dict(
+        backbone=f"swin_{size}" if size else "swin",
+        backbone_kwargs=backbone_kwargs,
+        num_classes=len(id2label),
+        num_queries=config.get("num_queries", 100),
+        hidden_dim=hidden_dim,
+        nheads=config.get("num_attention_heads", 8),
+        dim_feedforward=config.get("dim_feedforward", 2048),
+        dec_layers=config.get("decoder_layers", 10),
+        pre_norm=config.get("pre_norm", False),
+        conv_dim=feature_size,
+        mask_dim=config.get("mask_feature_size", 256),
+        num_encoder_layers=config.get("encoder_layers", 6),
+        common_stride=config.get("common_stride", 4),
+        dropout=config.get("dropout", 0.0),
+    )
 
 
 def _rename(state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
@@ -236,27 +209,22 @@ def _rename(state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tens
     return out
 
 
-def convert_hf_checkpoint(hf_dir: str) -> tuple[dict[str, torch.Tensor], dict]:
+def convert_hf_checkpoint(hf_dir: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read a Hugging Face Mask2FormerForUniversalSegmentation directory.
 
     Returns:
         state_dict: tensors keyed as in our Mask2Former.
-        model_overrides: the nested `model.*` spec values (backbone, sem_seg_head, mask_former)
-            of the matching network; `build_model` on them gives a network the state dict fits.
-            model.mode is not stored in HF checkpoints and is left to the spec.
+        kwargs: the `build_mask2former` arguments of the matching network, which the state dict
+            fits. The task is not stored in HF checkpoints.
 
     Raises:
         UserError: not a Mask2Former directory, unreadable weights, or an architecture this
             network cannot express (non-Swin backbone, absolute position embeddings, ...).
     """
     config = _read_config(hf_dir)
-    overrides = _model_overrides(config, os.path.join(hf_dir, "config.json"))
+    kwargs = mask2former_kwargs(config, os.path.join(hf_dir, "config.json"))
     state = _rename(_read_weights(hf_dir), hf_dir)
-    return state, overrides
-
-
-def _namespace(tree: dict) -> SimpleNamespace:
-    return SimpleNamespace(**{k: _namespace(v) if isinstance(v, dict) else v for k, v in tree.items()})
+    return state, kwargs
 
 
 def load_hf_checkpoint(hf_dir: str) -> Mask2Former:
@@ -269,11 +237,11 @@ def load_hf_checkpoint(hf_dir: str) -> Mask2Former:
         outputs = model(images)  # images: (B, 3, H, W) normalised with ImageNet mean/std
         outputs["pred_logits"], outputs["pred_masks"]  # (B, Q, K+1), (B, Q, H/4, W/4)
 
-    To fine-tune from it instead, apply `convert_hf_checkpoint(hf_dir)[1]` as overrides of the
-    spec's `model` section and load the state dict into the network it builds.
+    To fine-tune from it instead, build `build_mask2former(**convert_hf_checkpoint(hf_dir)[1])`
+    and load the state dict into it.
     """
-    state, overrides = convert_hf_checkpoint(hf_dir)
-    model = build_model(_namespace(overrides))
+    state, kwargs = convert_hf_checkpoint(hf_dir)
+    model = build_mask2former(**kwargs)
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # a tensor of another shape than the config implies

@@ -38,9 +38,12 @@ class _ImageRecord:
     pred_scores: np.ndarray  # (M,) float64
 
 
-def _encode(masks: np.ndarray) -> list[dict[str, Any]]:
-    """Binary masks (N, H, W) -> N compressed RLEs (pycocotools wants (H, W, N) uint8 in Fortran order)."""
-    return mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+def encode_rle(masks: np.ndarray) -> list[dict[str, Any]]:
+    """Binary masks (N, H, W) -> N COCO compressed RLEs {"size": [H, W], "counts": str}, as COCO JSON files hold them."""
+    if len(masks) == 0:
+        return []
+    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))  # pycocotools wants (H, W, N)
+    return [{"size": rle["size"], "counts": rle["counts"].decode("ascii")} for rle in rles]
 
 
 def _coco(dataset: dict[str, Any]) -> COCO:
@@ -125,7 +128,7 @@ class MaskAP:
         height, width = gt_masks.shape[1:]
         self._images.append(
             _ImageRecord(
-                height, width, _encode(gt_masks), gt_labels, gt_crowd, _encode(pred_masks), pred_labels, pred_scores
+                height, width, encode_rle(gt_masks), gt_labels, gt_crowd, encode_rle(pred_masks), pred_labels, pred_scores
             )
         )
 

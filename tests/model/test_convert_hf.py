@@ -6,8 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from model.convert import convert_hf_checkpoint, load_hf_checkpoint
-from model.convert.hf import _model_overrides
+from model.convert import convert_hf_checkpoint, load_hf_checkpoint, mask2former_kwargs
 from model.errors import UserError
 
 transformers = pytest.importorskip("transformers")
@@ -56,21 +55,21 @@ def test_transformers_5_in_memory_names_convert_like_the_saved_names(tmp_path):
     (in_memory / "config.json").write_text((saved / "config.json").read_text())
     save_file({k: v.contiguous() for k, v in hf.state_dict().items()}, str(in_memory / "model.safetensors"))
 
-    from_saved, overrides = convert_hf_checkpoint(str(saved))
+    from_saved, kwargs = convert_hf_checkpoint(str(saved))
     from_memory, _ = convert_hf_checkpoint(str(in_memory))
 
     assert from_saved.keys() == from_memory.keys()
     for key in from_saved:
         assert torch.equal(from_saved[key], from_memory[key]), key
-    assert overrides["backbone"]["swin"]["type"] == "custom"
-    assert overrides["sem_seg_head"]["num_classes"] == 5
-    assert overrides["mask_former"]["dec_layers"] == 4 and overrides["mask_former"]["num_object_queries"] == 8
+    assert kwargs["backbone"] == "swin"
+    assert kwargs["num_classes"] == 5
+    assert kwargs["dec_layers"] == 4 and kwargs["num_queries"] == 8
 
 
 def test_published_swin_sizes_are_recognised():
     config = {"backbone_config": {"model_type": "swin", "embed_dim": 96, "depths": [2, 2, 6, 2], "num_heads": [3, 6, 12, 24],
               "out_features": ["stage1", "stage2", "stage3", "stage4"]}, "id2label": {"0": "thing"}}
-    assert _model_overrides(config, "config.json")["backbone"]["swin"]["type"] == "tiny"
+    assert mask2former_kwargs(config, "config.json")["backbone"] == "swin_tiny"
 
 
 def test_directories_that_are_not_importable_are_user_errors(tmp_path):

@@ -1,38 +1,29 @@
-"""The assembled network: output contract, masked attention, precision, and the spec's model section."""
-
-from types import SimpleNamespace as NS
+"""The assembled network: output contract, masked attention, precision, and the factory's arguments."""
 
 import pytest
 import torch
 
+from model import PRESETS, build_mask2former
 from model.backbone import build_backbone
-from model.errors import UserError
-from model.mask2former import build_model
+from model.errors import ArgumentError, UserError
 from model.pixel_decoder import MSDeformAttnPixelDecoder
 from model.transformer_decoder import Attention, attention_mask_from_masks
 
+TINY_SWIN = dict(embed_dim=32, depths=[1, 1, 2, 1], num_heads=[1, 2, 2, 4], window_size=4, drop_path_rate=0.1)
 
-def model_cfg(backbone="swin", mode="panoptic", **mask_former):
-    """A tiny `model` section with the reference spec's keys."""
-    swin = NS(
-        type="custom", embed_dim=32, depths=[1, 1, 2, 1], num_heads=[1, 2, 2, 4], patch_size=4, window_size=4, mlp_ratio=4.0,
-        qkv_bias=True, drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=0.1, ape=False, patch_norm=True,
-        out_indices=[0, 1, 2, 3], pretrain_img_size=224, use_checkpoint=False, out_features=["res2", "res3", "res4", "res5"],
+
+def tiny(backbone="swin", **overrides):
+    """A tiny Mask2Former: 5 classes, 7 queries, 4 predictions."""
+    kwargs = dict(
+        num_classes=5, num_queries=7, hidden_dim=32, nheads=4, dim_feedforward=64, dec_layers=4, conv_dim=32, mask_dim=16,
+        num_encoder_layers=2, backbone_kwargs=TINY_SWIN if backbone == "swin" else None,
     )
-    head = NS(
-        common_stride=4, transformer_enc_layers=2, convs_dim=32, mask_dim=16,
-        deformable_transformer_encoder_in_features=["res3", "res4", "res5"], num_classes=5, norm="GN",
-    )
-    decoder = NS(dropout=0.0, nheads=4, num_object_queries=7, hidden_dim=32, dim_feedforward=64, dec_layers=4, pre_norm=False)
-    for key, value in mask_former.items():
-        setattr(decoder, key, value)
-    return NS(backbone=NS(type=backbone, pretrained_weights="", swin=swin), sem_seg_head=head, mask_former=decoder, mode=mode)
+    return build_mask2former(backbone, **{**kwargs, **overrides})
 
 
 @pytest.mark.parametrize("backbone", ["swin", "resnet50"])
-@pytest.mark.parametrize("mode", ["panoptic", "instance", "semantic"])
-def test_forward_gives_class_and_mask_logits_per_query_plus_earlier_predictions(backbone, mode):
-    model = build_model(model_cfg(backbone, mode)).eval()
+def test_forward_gives_class_and_mask_logits_per_query_plus_earlier_predictions(backbone):
+    model = tiny(backbone).eval()
     with torch.no_grad():
         out = model(torch.randn(2, 3, 64, 96))
 
@@ -44,14 +35,14 @@ def test_forward_gives_class_and_mask_logits_per_query_plus_earlier_predictions(
 
 
 def test_dec_layers_counts_the_prediction_of_the_initial_queries():
-    model = build_model(model_cfg(dec_layers=1))
+    model = tiny(dec_layers=1)
     assert len(model.transformer_decoder.layers) == 0
     assert model(torch.randn(1, 3, 64, 64))["aux_outputs"] == []
-    assert len(build_model(model_cfg(dec_layers=10)).transformer_decoder.layers) == 9
+    assert len(tiny(dec_layers=10).transformer_decoder.layers) == 9
 
 
 def test_pre_norm_decoder_and_gradients_reach_every_part():
-    model = build_model(model_cfg(pre_norm=True)).train()
+    model = tiny(pre_norm=True).train()
     out = model(torch.randn(1, 3, 64, 64))
     loss = out["pred_logits"].sum() + out["pred_masks"].sum() + sum(a["pred_masks"].sum() for a in out["aux_outputs"])
     loss.backward()
@@ -60,7 +51,7 @@ def test_pre_norm_decoder_and_gradients_reach_every_part():
 
 
 def test_mask_embedding_dot_mask_features_gives_the_masks():
-    model = build_model(model_cfg(dec_layers=1)).eval()
+    model = tiny(dec_layers=1).eval()
     decoder = model.transformer_decoder
     with torch.no_grad():
         features = model.backbone(torch.randn(1, 3, 64, 64))
@@ -114,32 +105,41 @@ def test_pixel_decoder_stays_float32_under_bfloat16_autocast():
 
 
 def test_common_stride_8_gives_masks_at_one_eighth():
-    cfg = model_cfg()
-    cfg.sem_seg_head.common_stride = 8
-    out = build_model(cfg)(torch.randn(1, 3, 64, 64))
+    out = tiny(common_stride=8)(torch.randn(1, 3, 64, 64))
     assert out["pred_masks"].shape[-2:] == (8, 8)
 
 
-def test_named_swin_type_uses_the_preset_not_the_custom_fields():
-    cfg = model_cfg()
-    cfg.backbone.swin.type = "tiny"
-    assert build_model(cfg).backbone.channels == [96, 192, 384, 768]
+def test_named_swin_size_uses_the_published_widths():
+    assert tiny("swin_tiny", backbone_kwargs=None).backbone.channels == [96, 192, 384, 768]
+
+
+def test_presets_build_the_published_configurations():
+    assert set(PRESETS) >= {"swin_tiny_coco_panoptic", "swin_tiny_coco_instance", "swin_tiny_ade_semantic", "resnet50_coco_panoptic"}
+    large = build_mask2former(**PRESETS["swin_large_coco_panoptic"])
+    assert large.backbone.channels == [192, 384, 768, 1536]
+    assert large.transformer_decoder.query_feat.num_embeddings == 200
+    assert large.transformer_decoder.class_embed.out_features == 134  # 133 COCO panoptic classes + no-object
 
 
 @pytest.mark.parametrize(
-    "change, message",
+    "overrides, argument",
     [
-        (lambda c: setattr(c.backbone, "type", "efficientvit"), "model.backbone.type"),
-        (lambda c: setattr(c.backbone.swin, "type", "huge"), "model.backbone.swin.type"),
-        (lambda c: setattr(c.backbone.swin, "out_indices", [1, 2, 3]), "out_indices"),
-        (lambda c: setattr(c.sem_seg_head, "convs_dim", 48), "convs_dim"),
-        (lambda c: setattr(c.mask_former, "nheads", 3), "nheads"),
-        (lambda c: setattr(c.sem_seg_head, "deformable_transformer_encoder_in_features", ["res2", "res5"]), "deformable_transformer_encoder_in_features"),
-        (lambda c: setattr(c.backbone, "pretrained_weights", "/no/such/swin.pth"), "/no/such/swin.pth"),
+        (dict(backbone="efficientvit", backbone_kwargs=None), "backbone"),
+        (dict(backbone="swin_huge", backbone_kwargs=None), "backbone"),
+        (dict(conv_dim=48), "conv_dim"),
+        (dict(nheads=3), "conv_dim"),
+        (dict(dec_layers=0), "dec_layers"),
+        (dict(encoder_in_features=["res2", "res5"]), "encoder_in_features"),
+        (dict(encoder_in_features=["res6"]), "encoder_in_features"),
+        (dict(backbone_kwargs={**TINY_SWIN, "num_heads": [1, 2, 2]}), "num_heads"),
     ],
 )
-def test_values_the_network_cannot_be_built_with_are_user_errors_naming_the_key(change, message):
-    cfg = model_cfg()
-    change(cfg)
-    with pytest.raises(UserError, match=message):
-        build_model(cfg)
+def test_values_the_network_cannot_be_built_with_are_errors_naming_the_argument(overrides, argument):
+    with pytest.raises(ArgumentError, match=f"^{argument}: ") as caught:
+        tiny(**overrides)
+    assert caught.value.argument == argument
+
+
+def test_a_missing_backbone_weights_file_is_a_user_error_naming_it():
+    with pytest.raises(UserError, match="/no/such/swin.pth: checkpoint not found"):
+        tiny(backbone_weights="/no/such/swin.pth")
