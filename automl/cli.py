@@ -76,16 +76,15 @@ def data_check(
     """Validate a dataset split against the spec and print the counts per class."""
     from rich.table import Table
 
+    from automl.spec.model_args import build_split_dataset
     from automl.training import build_label_map
-    from model.data import build_dataset, check_dataset
+    from model.data import check_dataset
 
     cfg = load(spec, overrides)
     if split not in ("train", "val", "test"):
         raise UserError(f"--split: '{split}' is not one of train, val, test")
     label_map = build_label_map(cfg)
-    dataset = build_dataset(
-        cfg.dataset[split], cfg.dataset, cfg.model.mode, is_train=False, cache_root=str(Path(cfg.results_dir) / "cache"), label_map=label_map, split=split
-    )
+    dataset = build_split_dataset(cfg, split, label_map, is_train=False)
     report = check_dataset(dataset)
     table = Table(title=f"dataset.{split}: {report['images']} images, all valid", header_style="bold")
     for column in ("id", "name", "isthing", "images", "instances", "crowd"):

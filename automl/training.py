@@ -16,10 +16,10 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar
 from omegaconf import DictConfig, OmegaConf
 
-from automl.spec.model_args import build_network
+from automl.spec.model_args import build_network, build_split_dataset
 from model.checkpoint import load_weights, read_checkpoint
 from model.criterion import SetCriterion
-from model.data import LabelMap, build_dataset, collate
+from model.data import LabelMap, collate
 from model.datamodule import SegmentationDataModule
 from model.evaluator import SegmentationEvaluator
 from model.lit import Mask2FormerModule
@@ -81,8 +81,8 @@ class BestMetrics(Callback):
     runs before the module's, which computes them.
     """
 
-    def __init__(self, metric: str, mode: str = "max"):
-        self.metric, self.sign = metric, 1.0 if mode == "max" else -1.0
+    def __init__(self, metric: str, direction: str = "max"):
+        self.metric, self.sign = metric, 1.0 if direction == "max" else -1.0
         self.last: dict[str, float] = {}
         self.best: dict[str, float] = {}
 
@@ -121,7 +121,7 @@ def build_module(spec: DictConfig, label_map: LabelMap) -> Mask2FormerModule:
     )
     is_thing = label_map.is_thing_per_class(spec.model.sem_seg_head.num_classes)
     postprocess = Postprocessor(
-        mode=spec.model.mode,
+        task=spec.model.mode,
         num_classes=spec.model.sem_seg_head.num_classes,
         is_thing=is_thing,
         object_mask_threshold=spec.model.object_mask_threshold,
@@ -150,16 +150,8 @@ def build_module(spec: DictConfig, label_map: LabelMap) -> Mask2FormerModule:
 
 
 def build_datamodule(spec: DictConfig, label_map: LabelMap, *, with_train: bool = True) -> SegmentationDataModule:
-    cache = Path(spec.results_dir) / "cache"
-    common = dict(
-        dataset_cfg=spec.dataset,
-        mode=spec.model.mode,
-        label_map=label_map,
-        cache_root=str(cache),
-        train_augmentation=spec.dataset.augmentation.train_augmentation,
-    )
-    train_set = build_dataset(spec.dataset.train, is_train=True, split="train", **common) if with_train else None
-    val_set = build_dataset(spec.dataset.val, is_train=False, split="val", **common)
+    train_set = build_split_dataset(spec, "train", label_map, is_train=True) if with_train else None
+    val_set = build_split_dataset(spec, "val", label_map, is_train=False)
     return SegmentationDataModule(
         train_set,
         val_set,

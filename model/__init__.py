@@ -11,7 +11,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "PRESETS": "model.mask2former",
+    "PRESETS": "model.presets",
     "Mask2Former": "model.mask2former",
     "build_mask2former": "model.mask2former",
     "build_backbone": "model.backbone",

@@ -19,7 +19,8 @@ from torch import nn
 
 from model.checkpoint import read_state_dict
 from model.errors import ArgumentError
-from model.swin import SWIN_PRESETS, SwinTransformer
+from model.presets import SWIN_PRESETS
+from model.swin import SwinTransformer
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
-"""The metrics of one evaluation pass for a model mode: PQ, mIoU and mask AP from per-image outputs.
+"""The metrics of one evaluation pass for a task: PQ, mIoU and mask AP from per-image outputs.
 
-Every mode reports mIoU; panoptic adds PQ/SQ/RQ and the mask AP of things; instance adds AP.
+Every task reports mIoU; panoptic adds PQ/SQ/RQ and the mask AP of things; instance adds AP.
 Predictions and ground truth are dicts of numpy arrays at the original image size:
 
     prediction: semantic (H, W) class ids; panoptic (H, W) segment ids + segments [{id, category_id}];
@@ -17,30 +17,31 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from model.data.label_map import IGNORE_LABEL
 from model.metrics import MaskAP, PanopticQuality, SemanticMetrics
-
-IGNORE_LABEL = 255
+from model.tasks import check_task
 
 
 class SegmentationEvaluator:
-    """Streams images into the metrics of `mode`; `sync` merges them across processes.
+    """Streams images into the metrics of `task`; `sync` merges them across processes.
 
     Args:
-        mode: panoptic | instance | semantic.
+        task: panoptic | instance | semantic.
         is_thing: per class (train id 0..K-1), whether it is a thing.
     """
 
-    def __init__(self, mode: str, is_thing: Sequence[bool]):
-        self.mode = mode
+    def __init__(self, task: str, is_thing: Sequence[bool]):
+        check_task(task)
+        self.task = task
         self.is_thing = [bool(t) for t in is_thing]
         self.reset()
 
     def reset(self) -> None:
         classes = range(len(self.is_thing))
         self.semantic = SemanticMetrics(len(self.is_thing), ignore_index=IGNORE_LABEL)
-        self.panoptic = PanopticQuality(dict(zip(classes, self.is_thing))) if self.mode == "panoptic" else None
-        things = [c for c in classes if self.is_thing[c]] if self.mode == "panoptic" else list(classes)
-        self.mask_ap = MaskAP(things) if self.mode in ("panoptic", "instance") and things else None
+        self.panoptic = PanopticQuality(dict(zip(classes, self.is_thing))) if self.task == "panoptic" else None
+        things = [c for c in classes if self.is_thing[c]] if self.task == "panoptic" else list(classes)
+        self.mask_ap = MaskAP(things) if self.task in ("panoptic", "instance") and things else None
 
     def update(self, prediction: dict[str, Any], ground_truth: dict[str, Any]) -> None:
         self.semantic.update(_numpy(prediction["semantic"]), _numpy(ground_truth["semantic"]))

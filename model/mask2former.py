@@ -3,7 +3,7 @@
 `Mask2Former` maps normalised images to per-query class logits and mask logits; the same
 network serves panoptic, instance and semantic segmentation (the post-processing differs).
 `build_mask2former(...)` is the one factory, with explicit keyword arguments whose defaults are
-the original's Swin-T COCO panoptic recipe; `PRESETS` names the published configurations.
+the original's Swin-T COCO panoptic recipe; `model.presets.PRESETS` names the published configurations.
 """
 
 from typing import Any, Mapping, Optional, Sequence
@@ -19,19 +19,6 @@ from model.transformer_decoder import MaskedAttentionDecoder
 BACKBONE_OUT_FEATURES = ("res2", "res3", "res4", "res5")
 ENCODER_FFN_DIM = 1024  # fixed by the original for the deformable encoder
 GROUP_NORM_GROUPS = 32  # the pixel decoder's GroupNorm(32, conv_dim)
-
-# The published Mask2Former configurations (arguments that differ from the defaults).
-PRESETS: dict[str, dict[str, Any]] = {
-    "swin_tiny_coco_panoptic": dict(backbone="swin_tiny", num_classes=133),
-    "swin_small_coco_panoptic": dict(backbone="swin_small", num_classes=133),
-    "swin_base_coco_panoptic": dict(backbone="swin_base", num_classes=133, backbone_kwargs=dict(window_size=12, pretrain_img_size=384)),
-    "swin_large_coco_panoptic": dict(
-        backbone="swin_large", num_classes=133, num_queries=200, backbone_kwargs=dict(window_size=12, pretrain_img_size=384)
-    ),
-    "resnet50_coco_panoptic": dict(backbone="resnet50", num_classes=133),
-    "swin_tiny_coco_instance": dict(backbone="swin_tiny", num_classes=80),
-    "swin_tiny_ade_semantic": dict(backbone="swin_tiny", num_classes=150),
-}
 
 
 class Mask2Former(nn.Module):

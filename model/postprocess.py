@@ -1,7 +1,7 @@
 """Mask2Former's inference: one image's semantic, instance and panoptic results from its query outputs.
 
 The mask logits, predicted at 1/4 of the padded input, are upsampled to the padded input, cropped
-to the valid (resized) image and resized to the original image; then each mode combines the
+to the valid (resized) image and resized to the original image; then each task combines the
 queries' class probabilities and masks by the rules of the original implementation.
 """
 
@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from model.errors import UserError
+from model.tasks import check_task
 
 MASK_STRIDE = 4  # the predicted masks are at 1/4 of the padded input
-MODES = ("semantic", "instance", "panoptic")
 
 
 def resize_mask_logits(mask_logits: torch.Tensor, image_size: Sequence[int], orig_size: Sequence[int]) -> torch.Tensor:
@@ -40,7 +40,7 @@ def instance_inference(
     """The top-k (query, class) pairs by class probability, as scored binary masks.
 
     class_logits: (Q, K+1); mask_logits: (Q, H, W); keep_class: optional (K,) bool, the classes that
-    may be returned (the things, in panoptic mode). The score of a pair is its class probability
+    may be returned (the things, for the panoptic task). The score of a pair is its class probability
     times the mean mask probability inside its binary mask (logit > 0).
     Returns {"masks": (N, H, W) bool, "scores": (N,) float, "labels": (N,) int64}, by falling score
     of the class probability, N <= topk.
@@ -117,12 +117,12 @@ def panoptic_inference(
 
 
 class Postprocessor:
-    """The prediction of one image for its mode, at the original image size.
+    """The prediction of one image for its task, at the original image size.
 
     Args:
-        mode: semantic | instance | panoptic.
+        task: semantic | instance | panoptic.
         num_classes: K.
-        is_thing: per class 0..K-1 whether it is a thing; needed in panoptic mode.
+        is_thing: per class 0..K-1 whether it is a thing; needed for panoptic.
         object_mask_threshold: panoptic: least class probability of a kept query.
         overlap_threshold: panoptic: least share of its mask a query must own to become a segment.
         test_topk_per_image: instance and panoptic: the most instances per image.
@@ -130,23 +130,22 @@ class Postprocessor:
 
     def __init__(
         self,
-        mode: str,
+        task: str,
         num_classes: int,
         is_thing: Sequence[bool] | None = None,
         object_mask_threshold: float = 0.8,
         overlap_threshold: float = 0.8,
         test_topk_per_image: int = 100,
     ):
-        if mode not in MODES:
-            raise UserError(f"model.mode must be one of {', '.join(MODES)}, got {mode!r}")
-        if is_thing is None and mode == "panoptic":
+        check_task(task)
+        if is_thing is None and task == "panoptic":
             raise UserError("panoptic post-processing needs is_thing (per class, whether it is a thing), got none")
         if is_thing is not None and len(is_thing) != num_classes:
             raise UserError(f"is_thing has {len(is_thing)} entries, expected one per class ({num_classes})")
-        self.mode, self.num_classes = mode, num_classes
+        self.task, self.num_classes = task, num_classes
         self.is_thing = None if is_thing is None else [bool(t) for t in is_thing]
-        # the classes instance results may have: the things in panoptic mode (as the original), else all
-        self.instance_classes = torch.tensor(self.is_thing) if mode == "panoptic" else None
+        # the classes instance results may have: the things for panoptic (as the original), else all
+        self.instance_classes = torch.tensor(self.is_thing) if task == "panoptic" else None
         self.object_mask_threshold, self.overlap_threshold = object_mask_threshold, overlap_threshold
         self.test_topk_per_image = test_topk_per_image
 
@@ -162,17 +161,17 @@ class Postprocessor:
             image_size: (H, W) of the resized image inside the padded input.
             orig_size: (H0, W0) of the original image.
 
-        Returns (every mode) "sem_seg": (K, H0, W0) class scores and "semantic": (H0, W0) int64 argmax;
-        (instance, panoptic) "instances": see `instance_inference`, things only in panoptic mode;
+        Returns (every task) "sem_seg": (K, H0, W0) class scores and "semantic": (H0, W0) int64 argmax;
+        (instance, panoptic) "instances": see `instance_inference`, things only for panoptic;
         (panoptic) "panoptic": (H0, W0) int32 segment ids and "segments": see `panoptic_inference`.
         """
         class_logits = class_logits.float()
         mask_logits = resize_mask_logits(mask_logits.float(), image_size, orig_size)
         sem_seg = semantic_inference(class_logits, mask_logits)
         result: dict[str, Any] = {"sem_seg": sem_seg, "semantic": sem_seg.argmax(0)}
-        if self.mode in ("instance", "panoptic"):
+        if self.task in ("instance", "panoptic"):
             result["instances"] = instance_inference(class_logits, mask_logits, self.test_topk_per_image, self.instance_classes)
-        if self.mode == "panoptic":
+        if self.task == "panoptic":
             result["panoptic"], result["segments"] = panoptic_inference(
                 class_logits, mask_logits, self.is_thing, self.object_mask_threshold, self.overlap_threshold
             )

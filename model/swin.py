@@ -18,13 +18,6 @@ from torch import nn
 
 from model.errors import ArgumentError
 
-# embed_dim, depths, num_heads of the published Swin sizes.
-SWIN_PRESETS = {
-    "tiny": (96, (2, 2, 6, 2), (3, 6, 12, 24)),
-    "small": (96, (2, 2, 18, 2), (3, 6, 12, 24)),
-    "base": (128, (2, 2, 18, 2), (4, 8, 16, 32)),
-    "large": (192, (2, 2, 18, 2), (6, 12, 24, 48)),
-}
 
 def window_partition(x: torch.Tensor, window_size: int) -> torch.Tensor:
     """(B, H, W, C) with H, W multiples of window_size -> (B * num_windows, window_size**2, C)."""

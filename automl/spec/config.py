@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 from automl.spec.fields import param, section
+from model.tasks import TASKS
 
-MODES = ["panoptic", "instance", "semantic"]
+MODES = list(TASKS)
 DATASET_TYPES = ["coco", "ade", "coco_panoptic"]
 
 

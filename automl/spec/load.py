@@ -20,6 +20,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from automl.spec.config import ACTIONS, ExperimentConfig
 from model.errors import UserError
+from model.metrics import METRIC_NAMES  # validation logs these; the search can optimise any of them
+from model.presets import SWIN_PRESETS
 
 log = logging.getLogger(__name__)
 
@@ -30,20 +32,8 @@ MISSING = "???"
 # Values of a checkpoint key that name a checkpoint of this results_dir rather than a file.
 CHECKPOINT_KEYWORDS = ("best", "latest")
 
-SWIN_PRESETS = {
-    "tiny": (96, [2, 2, 6, 2], [3, 6, 12, 24]),
-    "small": (96, [2, 2, 18, 2], [3, 6, 12, 24]),
-    "base": (128, [2, 2, 18, 2], [4, 8, 16, 32]),
-    "large": (192, [2, 2, 18, 2], [6, 12, 24, 48]),
-}
-
-# Metrics logged by validation (see model/metrics); the search can optimise any of them.
-METRIC_NAMES = {
-    "PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st",
-    "mIoU", "fwIoU", "pACC", "mACC", "AP", "AP50", "AP75", "APs", "APm", "APl", "loss",
-}
-
-# Inputs that each dataset type needs, per split.
+# Inputs that each dataset type needs, per split (model.data.build.REQUIRED_PATHS, kept here so
+# that loading a spec does not import torch).
 SPLIT_PATHS = {
     "coco_panoptic": ("img_dir", "panoptic_json", "panoptic_dir"),
     "coco": ("img_dir", "instance_json"),
@@ -324,7 +314,7 @@ def _apply_swin_preset(spec: DictConfig, layers: Sequence[tuple[dict, str]]) -> 
         return
     for layer, where in layers:
         given = layer.get("model", {}).get("backbone", {}).get("swin", {})
-        for name, expected in zip(("embed_dim", "depths", "num_heads"), preset):
+        for name, expected in zip(("embed_dim", "depths", "num_heads"), (preset[0], list(preset[1]), list(preset[2]))):
             if name in given and given[name] != expected:
                 raise UserError(
                     f"{where}: model.backbone.swin.{name}={given[name]!r} conflicts with swin.type "

@@ -8,8 +8,10 @@ network described by arguments (an imported checkpoint's).
 from __future__ import annotations
 
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterator
 
+from model.data import LabelMap, SegmentationDataset, build_dataset, build_transform
 from model.errors import ArgumentError, UserError
 from model.mask2former import BACKBONE_OUT_FEATURES, Mask2Former, build_mask2former
 
@@ -38,14 +40,23 @@ SWIN_ARGUMENTS = (
     "pretrain_img_size", "use_checkpoint",
 )
 CUSTOM_SWIN_ARGUMENTS = ("embed_dim", "depths", "num_heads")  # set by swin.type 'custom' only
+# build_dataset arguments, each read from dataset.<split>.<same name> (dataset_type: dataset.<split>.type).
+SPLIT_ARGUMENTS = ("img_dir", "panoptic_json", "panoptic_dir", "instance_json", "root_dir", "annot_file")
+# build_transform arguments, each read from dataset.augmentation.<same name>.
+AUGMENTATION_ARGUMENTS = ("train_augmentation", "train_min_size", "train_max_size", "train_crop_size", "test_min_size", "test_max_size")
 
 
-def spec_key(argument: str) -> str:
-    """The spec key of a build_mask2former or build_backbone argument, or of the task."""
+def spec_key(argument: str, split: str | None = None) -> str:
+    """The spec key of a library argument: of build_mask2former, build_backbone, the task, or (for `split`)
+    of build_dataset and build_transform."""
     if argument in SWIN_ARGUMENTS or argument in CUSTOM_SWIN_ARGUMENTS:
         return f"model.backbone.swin.{argument}"
     if argument == "task":
         return f"model.{TASK_KEY}"
+    if argument in AUGMENTATION_ARGUMENTS:
+        return f"dataset.augmentation.{argument}"
+    if split is not None and (argument in SPLIT_ARGUMENTS or argument == "dataset_type"):
+        return f"dataset.{split}.{'type' if argument == 'dataset_type' else argument}"
     return f"model.{ARGUMENT_KEYS.get(argument, argument)}"
 
 
@@ -80,18 +91,33 @@ def model_kwargs(model_cfg: Any) -> dict[str, Any]:
 
 
 @contextmanager
-def spec_keys_in_errors() -> Iterator[None]:
+def spec_keys_in_errors(split: str | None = None) -> Iterator[None]:
     """Re-raise the library's ArgumentError as a UserError that names the spec key instead of the argument."""
     try:
         yield
     except ArgumentError as err:
-        raise UserError(f"{spec_key(err.argument)}: {err.problem}") from None
+        raise UserError(f"{spec_key(err.argument, split)}: {err.problem}") from None
 
 
 def build_network(model_cfg: Any) -> Mask2Former:
     """The Mask2Former the spec's `model` section describes; an impossible value is a UserError naming its spec key."""
     with spec_keys_in_errors():
         return build_mask2former(**model_kwargs(model_cfg))
+
+
+def build_split_dataset(spec: Any, split: str, label_map: LabelMap, is_train: bool) -> SegmentationDataset:
+    """dataset.<split> for the spec's task, with the training or evaluation augmentation of dataset.augmentation."""
+    augmentation, files = spec.dataset.augmentation, spec.dataset[split]
+    with spec_keys_in_errors(split):
+        transform = build_transform(is_train, **{name: augmentation[name] for name in AUGMENTATION_ARGUMENTS})
+        return build_dataset(
+            files.type,
+            task=getattr(spec.model, TASK_KEY),
+            label_map=label_map,
+            transform=transform,
+            cache_root=Path(spec.results_dir) / "cache",
+            **{name: files[name] for name in SPLIT_ARGUMENTS},
+        )
 
 
 def spec_model_values(kwargs: dict[str, Any]) -> dict[str, Any]:

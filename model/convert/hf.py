@@ -22,7 +22,7 @@ import torch
 from model.checkpoint import read_checkpoint
 from model.errors import UserError
 from model.mask2former import ENCODER_FFN_DIM, Mask2Former, build_mask2former
-from model.swin import SWIN_PRESETS
+from model.presets import SWIN_PRESETS
 
 _BACKBONE = "model.pixel_level_module.encoder."
 _PIXEL_DECODER = "model.pixel_level_module.decoder."

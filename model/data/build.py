@@ -1,14 +1,14 @@
-"""The one place that reads the spec's `dataset` section: a split's config -> a SegmentationDataset.
+"""A split's files -> a SegmentationDataset; augmentation settings -> its transform.
 
-Configs are read by attribute access (the spec dataclasses, or `types.SimpleNamespace` in tests), with
-the reference key names: dataset.<split>.{type, panoptic_json, instance_json, img_dir, panoptic_dir,
-root_dir, annot_file}, dataset.{label_map, contiguous_id, augmentation.*}.
+`build_dataset` reads one of the three annotation formats with the files it names, for a task;
+`build_transform` gives the training or evaluation augmentation. Both take explicit arguments
+and name the argument in their errors (`model.errors.ArgumentError`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Sequence
 
 from model.data.ade import AdeReader
 from model.data.archives import resolve_dir
@@ -17,82 +17,81 @@ from model.data.coco_panoptic import CocoPanopticReader
 from model.data.dataset import AnnotationReader, SegmentationDataset, Transform
 from model.data.label_map import LabelMap
 from model.data.transforms import LargeScaleJitter, ResizeCrop, ResizeShortestEdge
-from model.errors import UserError
+from model.errors import ArgumentError
 
-DATASET_TYPES = ("coco_panoptic", "coco", "ade")
+# The files each annotation format needs (build_dataset's arguments).
+REQUIRED_PATHS = {
+    "coco_panoptic": ("img_dir", "panoptic_json", "panoptic_dir"),
+    "coco": ("img_dir", "instance_json"),
+    "ade": ("root_dir",),
+}
+DATASET_TYPES = tuple(REQUIRED_PATHS)
 TRAIN_AUGMENTATIONS = ("resize_crop", "lsj")
 
 
-def _path(value: str, key: str, dataset_type: str) -> Path:
-    if not value:
-        raise UserError(f"{key} is empty; dataset type {dataset_type!r} needs it")
-    return Path(value)
+def build_dataset(
+    dataset_type: str,
+    *,
+    task: str,
+    label_map: LabelMap,
+    transform: Transform,
+    cache_root: str | Path,
+    img_dir: str | Path = "",
+    panoptic_json: str | Path = "",
+    panoptic_dir: str | Path = "",
+    instance_json: str | Path = "",
+    root_dir: str | Path = "",
+    annot_file: str = "",
+) -> SegmentationDataset:
+    """The dataset of one split.
 
-
-def _reader(split_cfg: Any, key: str, label_map: LabelMap, cache_root: str) -> AnnotationReader:
-    dataset_type = split_cfg.type
+    Args:
+        dataset_type: 'coco_panoptic' (img_dir, panoptic_json, panoptic_dir), 'coco' (img_dir,
+            instance_json) or 'ade' (root_dir, optional annot_file relative to it).
+        task: 'panoptic' | 'instance' | 'semantic', which decides the targets.
+        label_map: the categories and their train ids.
+        transform: from `build_transform`.
+        cache_root: where .tar/.tar.gz image and PNG folders are extracted.
+    """
+    paths = {"img_dir": img_dir, "panoptic_json": panoptic_json, "panoptic_dir": panoptic_dir, "instance_json": instance_json, "root_dir": root_dir}
+    if dataset_type not in REQUIRED_PATHS:
+        raise ArgumentError("dataset_type", f"{dataset_type!r}; expected one of {list(DATASET_TYPES)}")
+    for name in REQUIRED_PATHS[dataset_type]:
+        if not paths[name]:
+            raise ArgumentError(name, f"empty, but dataset type {dataset_type!r} needs it")
+    folder = {name: resolve_dir(Path(paths[name]), cache_root) for name in ("img_dir", "panoptic_dir", "root_dir") if paths[name]}
+    reader: AnnotationReader
     if dataset_type == "coco_panoptic":
-        return CocoPanopticReader(
-            img_dir=resolve_dir(_path(split_cfg.img_dir, f"{key}.img_dir", dataset_type), cache_root),
-            panoptic_json=_path(split_cfg.panoptic_json, f"{key}.panoptic_json", dataset_type),
-            panoptic_dir=resolve_dir(_path(split_cfg.panoptic_dir, f"{key}.panoptic_dir", dataset_type), cache_root),
-            label_map=label_map,
-        )
-    if dataset_type == "coco":
-        return CocoInstanceReader(
-            img_dir=resolve_dir(_path(split_cfg.img_dir, f"{key}.img_dir", dataset_type), cache_root),
-            instance_json=_path(split_cfg.instance_json, f"{key}.instance_json", dataset_type),
-            label_map=label_map,
-        )
-    if dataset_type == "ade":
-        return AdeReader(
-            root_dir=resolve_dir(_path(split_cfg.root_dir, f"{key}.root_dir", dataset_type), cache_root),
-            annot_file=split_cfg.annot_file,
-            label_map=label_map,
-        )
-    raise UserError(f"{key}.type is {dataset_type!r}; expected one of {list(DATASET_TYPES)}")
+        reader = CocoPanopticReader(folder["img_dir"], Path(panoptic_json), folder["panoptic_dir"], label_map=label_map)
+    elif dataset_type == "coco":
+        reader = CocoInstanceReader(folder["img_dir"], Path(instance_json), label_map=label_map)
+    else:
+        reader = AdeReader(folder["root_dir"], annot_file, label_map=label_map)
+    return SegmentationDataset(reader=reader, transform=transform, task=task)
 
 
-def _transform(augmentation: Any, is_train: bool, train_augmentation: str) -> Transform:
+def build_transform(
+    is_train: bool,
+    *,
+    train_augmentation: str = "resize_crop",
+    train_min_size: Sequence[int] = (640,),
+    train_max_size: int = 2560,
+    train_crop_size: Sequence[int] = (640, 640),
+    test_min_size: int = 640,
+    test_max_size: int = 640,
+) -> Transform:
+    """Training augmentation ('resize_crop': shortest edge from train_min_size, at most train_max_size,
+    then a random train_crop_size crop; 'lsj': large-scale jitter to train_crop_size), or the
+    evaluation resize (shortest edge test_min_size, longest at most test_max_size)."""
     if not is_train:
-        return ResizeShortestEdge(augmentation.test_min_size, augmentation.test_max_size)
-    crop_size = list(augmentation.train_crop_size)
+        return ResizeShortestEdge(test_min_size, test_max_size)
+    crop_size = list(train_crop_size)
     if len(crop_size) != 2:
-        raise UserError(f"dataset.augmentation.train_crop_size is {crop_size}; expected [height, width]")
+        raise ArgumentError("train_crop_size", f"{crop_size}; expected [height, width]")
     if train_augmentation == "resize_crop":
-        if not augmentation.train_min_size:
-            raise UserError("dataset.augmentation.train_min_size is empty; expected a list of shortest-edge sizes")
-        return ResizeCrop(augmentation.train_min_size, augmentation.train_max_size, crop_size)
+        if not train_min_size:
+            raise ArgumentError("train_min_size", "empty; expected a list of shortest-edge sizes")
+        return ResizeCrop(list(train_min_size), train_max_size, crop_size)
     if train_augmentation == "lsj":
         return LargeScaleJitter(crop_size)
-    raise UserError(
-        f"dataset.augmentation.train_augmentation is {train_augmentation!r}; expected one of {list(TRAIN_AUGMENTATIONS)}"
-    )
-
-
-def build_dataset(
-    split_cfg: Any,
-    dataset_cfg: Any,
-    mode: str,
-    is_train: bool,
-    cache_root: str,
-    train_augmentation: str = "resize_crop",
-    label_map: LabelMap | None = None,
-    split: str | None = None,
-) -> SegmentationDataset:
-    """The dataset of one split, with training or evaluation augmentation.
-
-    split_cfg: dataset.<split>; dataset_cfg: dataset; mode: model.mode; cache_root: where archives are
-    extracted; train_augmentation: 'resize_crop' (the reference's) or 'lsj'; label_map: the loaded
-    dataset.label_map (loaded here when None); split: the split's name in messages (default 'train' or
-    'val' by is_train).
-    """
-    key = f"dataset.{split or ('train' if is_train else 'val')}"
-    if label_map is None:
-        label_map_path = _path(dataset_cfg.label_map, "dataset.label_map", split_cfg.type)
-        label_map = LabelMap.from_file(label_map_path, dataset_cfg.contiguous_id)
-    return SegmentationDataset(
-        reader=_reader(split_cfg, key, label_map, cache_root),
-        transform=_transform(dataset_cfg.augmentation, is_train, train_augmentation),
-        mode=mode,
-    )
+    raise ArgumentError("train_augmentation", f"{train_augmentation!r}; expected one of {list(TRAIN_AUGMENTATIONS)}")

@@ -25,7 +25,8 @@ from torch.utils.data import Dataset
 
 from model.data.files import read_image_size, read_rgb
 from model.data.label_map import LabelMap
-from model.data.targets import Annotation, check_mode, ground_truth, training_targets
+from model.data.targets import Annotation, ground_truth, training_targets
+from model.tasks import check_task
 from model.data.transforms import Transformed
 
 Transform = Callable[[torch.Tensor, torch.Tensor], Transformed]
@@ -55,14 +56,14 @@ class SegmentationDataset(Dataset):
     """Items for training or evaluation (see the module docstring) and original-resolution ground truth.
 
     reader: the format's annotations; transform: an augmentation of `model.data.transforms`;
-    mode: the task ('panoptic', 'instance', 'semantic'), which decides the targets.
+    task: 'panoptic' | 'instance' | 'semantic', which decides the targets.
     """
 
-    def __init__(self, reader: AnnotationReader, transform: Transform, mode: str) -> None:
-        check_mode(mode)
+    def __init__(self, reader: AnnotationReader, transform: Transform, task: str) -> None:
+        check_task(task)
         self.reader = reader
         self.transform = transform
-        self.mode = mode
+        self.task = task
 
     @property
     def label_map(self) -> LabelMap:
@@ -79,7 +80,7 @@ class SegmentationDataset(Dataset):
         record = self.reader.images[index]
         image = self.read_image(index)
         orig_size = (image.shape[0], image.shape[1])
-        masks, labels = training_targets(self.reader.read_annotation(index, orig_size), self.mode)
+        masks, labels = training_targets(self.reader.read_annotation(index, orig_size), self.task)
         image_t, masks_t, size = self.transform(torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(masks))
         present = masks_t.flatten(1).any(1)
         return {

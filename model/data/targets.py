@@ -1,6 +1,6 @@
 """One image's annotation at its original resolution, and the two things made from it.
 
-`training_targets` gives the masks and classes the model learns for a task (`model.mode`);
+`training_targets` gives the masks and classes the model learns for a task (panoptic, instance, semantic);
 `ground_truth` gives what the metrics score against (semantic map, panoptic map and segments,
 instances). Every format reader produces the same `Annotation`, so these rules live here once.
 """
@@ -13,9 +13,6 @@ from typing import Any
 import numpy as np
 
 from model.data.label_map import IGNORE_LABEL
-from model.errors import UserError
-
-MODES = ("panoptic", "instance", "semantic")
 
 
 @dataclass(frozen=True)
@@ -36,22 +33,16 @@ class Annotation:
     has_instances: bool
 
 
-def check_mode(mode: str) -> None:
-    """Raise a UserError unless `mode` is one of MODES."""
-    if mode not in MODES:
-        raise UserError(f"model.mode is {mode!r}; expected one of {list(MODES)}")
-
-
-def training_targets(annotation: Annotation, mode: str) -> tuple[np.ndarray, np.ndarray]:
-    """The masks (N, H0, W0) bool and train ids (N,) int64 the model learns in `mode`; crowd regions are never targets.
+def training_targets(annotation: Annotation, task: str) -> tuple[np.ndarray, np.ndarray]:
+    """The masks (N, H0, W0) bool and train ids (N,) int64 the model learns for `task`; crowd regions are never targets.
 
     panoptic: every segment; instance: thing segments only; semantic: one mask per class present.
     """
     keep = ~annotation.iscrowd
-    if mode == "instance":
+    if task == "instance":
         keep &= annotation.isthing
     masks, labels = annotation.masks[keep], annotation.labels[keep]
-    if mode == "semantic":
+    if task == "semantic":
         classes = np.unique(labels)
         masks = np.stack([masks[labels == c].any(0) for c in classes]) if classes.size else masks
         labels = classes

@@ -10,11 +10,16 @@ Every metric answers to the same protocol, with no common base class:
     compute()          a flat dict name -> float, scores in percent (0..100), NaN where undefined.
 """
 
+from model.metrics import instance, panoptic, semantic
 from model.metrics.instance import MaskAP, ap_from_coco_files
 from model.metrics.panoptic import PanopticQuality, id_to_rgb, pq_from_coco_files, rgb_to_id
 from model.metrics.semantic import SemanticMetrics
 
+# The headline scores an evaluation can report (per-class scores add '/<class>').
+METRIC_NAMES = panoptic.SUMMARY + semantic.SUMMARY + instance.SUMMARY
+
 __all__ = [
+    "METRIC_NAMES",
     "MaskAP",
     "PanopticQuality",
     "SemanticMetrics",

@@ -21,7 +21,7 @@ from pycocotools.cocoeval import COCOeval
 
 from model.errors import UserError
 
-_SUMMARY = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # the first six COCOeval stats
+SUMMARY = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # compute()'s headline scores: the first six COCOeval stats
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ def _evaluate(gt: COCO, detections: list[dict[str, Any]]) -> dict[str, float]:
     Returns AP, AP50, AP75, APs, APm, APl and `AP/<category id>` (area all, 100 detections), in percent.
     """
     if not gt.getImgIds() or not gt.getCatIds():
-        return {name: float("nan") for name in _SUMMARY}
+        return {name: float("nan") for name in SUMMARY}
     with contextlib.redirect_stdout(io.StringIO()):
         if detections:
             results = gt.loadRes(detections)
@@ -71,7 +71,7 @@ def _evaluate(gt: COCO, detections: list[dict[str, Any]]) -> dict[str, float]:
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    scores = {name: float(100 * s) if s > -1 else float("nan") for name, s in zip(_SUMMARY, evaluator.stats)}
+    scores = {name: float(100 * s) if s > -1 else float("nan") for name, s in zip(SUMMARY, evaluator.stats)}
     precision = evaluator.eval["precision"][:, :, :, 0, -1]  # (iou thresholds, recall points, classes)
     for k, category_id in enumerate(evaluator.params.catIds):
         defined = precision[:, :, k][precision[:, :, k] > -1]

@@ -32,6 +32,10 @@ from model.errors import UserError
 _TP, _FP, _FN, _IOU = range(4)
 _MAX_ID = 256**3
 
+QUALITIES = ("PQ", "SQ", "RQ")
+CLASS_SUBSETS = ("", "_th", "_st")  # all classes, things, stuff
+SUMMARY = tuple(quality + subset for subset in CLASS_SUBSETS for quality in QUALITIES)  # compute()'s headline scores
+
 
 def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
     """COCO panoptic PNG colours (H, W, 3) -> segment ids (H, W) int64, id = R + 256 G + 256^2 B."""
@@ -193,13 +197,13 @@ class PanopticQuality:
         counted = tp + fp + fn > 0
         weighted = tp + 0.5 * fp + 0.5 * fn
         nan = np.full(tp.shape, np.nan)
-        per_class = {
-            "PQ": 100 * np.divide(iou_sum, weighted, out=nan.copy(), where=counted),
-            "SQ": 100 * np.where(counted, np.divide(iou_sum, tp, out=np.zeros_like(tp), where=tp > 0), np.nan),
-            "RQ": 100 * np.divide(tp, weighted, out=nan.copy(), where=counted),
-        }
+        per_class = dict(zip(QUALITIES, (
+            100 * np.divide(iou_sum, weighted, out=nan.copy(), where=counted),
+            100 * np.where(counted, np.divide(iou_sum, tp, out=np.zeros_like(tp), where=tp > 0), np.nan),
+            100 * np.divide(tp, weighted, out=nan.copy(), where=counted),
+        )))
         results: dict[str, float] = {}
-        for suffix, rows in (("", counted), ("_th", counted & self.isthing), ("_st", counted & ~self.isthing)):
+        for suffix, rows in zip(CLASS_SUBSETS, (counted, counted & self.isthing, counted & ~self.isthing)):
             for name, values in per_class.items():
                 results[name + suffix] = float(values[rows].mean()) if rows.any() else float("nan")
         for index, category_id in enumerate(self.category_ids.tolist()):

@@ -9,6 +9,8 @@ import numpy as np
 
 from model.errors import UserError
 
+SUMMARY = ("mIoU", "fwIoU", "pACC", "mACC")  # compute()'s headline scores
+
 
 class SemanticMetrics:
     """Confusion matrix over a stream of label maps; `state()` is that matrix, and states add up across processes.
@@ -71,12 +73,12 @@ class SemanticMetrics:
         accuracy = np.divide(true_positive, gt_pixels, out=np.full(self.num_classes, np.nan), where=gt_pixels > 0)
         total = gt_pixels.sum()
         has_iou, in_gt = union > 0, gt_pixels > 0
-        results = {
-            "mIoU": float(iou[has_iou].mean()) if has_iou.any() else float("nan"),
-            "fwIoU": float((gt_pixels[in_gt] * iou[in_gt]).sum() / total) if total else float("nan"),
-            "pACC": float(true_positive.sum() / total) if total else float("nan"),
-            "mACC": float(accuracy[in_gt].mean()) if in_gt.any() else float("nan"),
-        }
-        results = {name: 100 * value for name, value in results.items()}
+        scores = (
+            float(iou[has_iou].mean()) if has_iou.any() else float("nan"),
+            float((gt_pixels[in_gt] * iou[in_gt]).sum() / total) if total else float("nan"),
+            float(true_positive.sum() / total) if total else float("nan"),
+            float(accuracy[in_gt].mean()) if in_gt.any() else float("nan"),
+        )
+        results = {name: 100 * value for name, value in zip(SUMMARY, scores)}
         results.update({f"IoU/{c}": float(100 * iou[c]) for c in range(self.num_classes)})
         return results

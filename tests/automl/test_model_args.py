@@ -1,10 +1,11 @@
-"""The spec's model section builds the network it describes; the library's argument errors name spec keys."""
+"""The spec builds the network and datasets it describes; the library's argument errors name spec keys."""
 
 import pytest
 import torch
 
 from automl.spec import load_spec
-from automl.spec.model_args import ARGUMENT_KEYS, build_network, model_kwargs, spec_model_values
+from automl.spec.model_args import ARGUMENT_KEYS, build_network, build_split_dataset, model_kwargs, spec_model_values
+from automl.training import build_label_map
 from model.errors import UserError
 
 TINY = [
@@ -66,3 +67,16 @@ def _flat(tree, prefix=""):
         elif value is not None:
             out[f"{prefix}{key}"] = str(value).replace("'", "").replace(" ", "") if isinstance(value, list) else value
     return out
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["dataset.augmentation.train_crop_size=[64]"], r"^dataset\.augmentation\.train_crop_size: \[64\]; expected \[height, width\]"),
+        (["dataset.train.type=coco", "dataset.train.instance_json="], r"^dataset\.train\.instance_json: empty, but dataset type 'coco' needs it"),
+    ],
+)
+def test_data_argument_errors_name_the_spec_key(smoke_spec, overrides, message):
+    spec = smoke_spec(*overrides, action=None)
+    with pytest.raises(UserError, match=message):
+        build_split_dataset(spec, "train", build_label_map(spec), is_train=True)

@@ -5,15 +5,15 @@ import json
 import os
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from model.data import DATASET_TYPES, MODES, build_dataset, write_synthetic_dataset
+from model.data import DATASET_TYPES, LabelMap, build_dataset, build_transform, write_synthetic_dataset
 from model.data.label_map import IGNORE_LABEL
+from model.tasks import TASKS
 from model.errors import UserError
 
 NUM_CLASSES = 6  # synthetic label map: things 1, 2, 3 and stuff 5, 6, 7 -> train ids 0..5
@@ -24,37 +24,35 @@ def synthetic(tmp_path_factory):
     return write_synthetic_dataset(tmp_path_factory.mktemp("synthetic"), num_images=8, seed=3, archives=True)
 
 
-def split_cfg(paths, dataset_type, archives=False, **overrides):
-    """dataset.<split> as the spec gives it, for one split's paths of the synthetic dataset."""
-    keys = {
-        "type": dataset_type,
-        "name": "",
+# Test sizes of 128 keep the synthetic images at their size.
+AUGMENTATION = dict(train_min_size=[96, 128], train_max_size=192, train_crop_size=[96, 112], test_min_size=128, test_max_size=128)
+
+
+def split_files(paths, archives=False, **overrides):
+    """build_dataset's file arguments for one split of the synthetic dataset."""
+    files = {
         "panoptic_json": paths["panoptic_json"],
         "instance_json": paths["instance_json"],
         "img_dir": paths["images_archive"] if archives else paths["img_dir"],
         "panoptic_dir": paths["panoptic_archive"] if archives else paths["panoptic_dir"],
         "root_dir": paths["root_dir"],
         "annot_file": paths["annot_file"],
-        "batch_size": 2,
-        "num_workers": 0,
-        "target_size": [],
     }
-    return SimpleNamespace(**{**keys, **overrides})
+    return {**files, **overrides}
 
 
-def dataset_cfg(label_map, contiguous_id=True):
-    """dataset as the spec gives it; test sizes of 128 keep the synthetic images at their size."""
-    augmentation = SimpleNamespace(
-        train_min_size=[96, 128], train_max_size=192, train_crop_size=[96, 112], test_min_size=128, test_max_size=128
+def make(files, dataset_type, label_map, task="panoptic", is_train=False, cache_root="unused-cache", contiguous_id=True, train_augmentation="resize_crop"):
+    """build_dataset with the label map at `label_map` and the test augmentation sizes."""
+    transform = build_transform(is_train, train_augmentation=train_augmentation, **AUGMENTATION)
+    return build_dataset(
+        dataset_type, task=task, label_map=LabelMap.from_file(label_map, contiguous_id), transform=transform, cache_root=cache_root, **files
     )
-    return SimpleNamespace(label_map=label_map, contiguous_id=contiguous_id, augmentation=augmentation)
 
 
-def build(synthetic, dataset_type, mode="panoptic", is_train=False, split="val", archives=False, contiguous_id=True, cache_root=None):
+def build(synthetic, dataset_type, task="panoptic", is_train=False, split="val", archives=False, contiguous_id=True, cache_root=None):
     """The dataset of one synthetic split; archives are extracted beside the synthetic data unless cache_root is given."""
     cache_root = cache_root or str(Path(synthetic["label_map"]).parent / "cache")
-    cfg = split_cfg(synthetic[split], dataset_type, archives)
-    return build_dataset(cfg, dataset_cfg(synthetic["label_map"], contiguous_id), mode, is_train, cache_root)
+    return make(split_files(synthetic[split], archives), dataset_type, synthetic["label_map"], task, is_train, cache_root, contiguous_id)
 
 
 @pytest.mark.parametrize("dataset_type", DATASET_TYPES)
@@ -78,8 +76,7 @@ def test_every_format_yields_items_of_the_contract(synthetic, dataset_type, is_t
 
 
 def test_lsj_training_items_are_padded_to_the_crop_size(synthetic):
-    cfg = split_cfg(synthetic["train"], "coco_panoptic")
-    dataset = build_dataset(cfg, dataset_cfg(synthetic["label_map"]), "panoptic", True, "unused-cache", train_augmentation="lsj")
+    dataset = make(split_files(synthetic["train"]), "coco_panoptic", synthetic["label_map"], is_train=True, train_augmentation="lsj")
     for index in range(len(dataset)):
         item = dataset[index]
         assert item["image"].shape == (3, 96, 112) and item["masks"].shape[1:] == (96, 112)
@@ -133,15 +130,15 @@ def test_ground_truth_of_panoptic_data_matches_its_png(synthetic):
         assert segment["isthing"] == (segment["category_id"] < 3)
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_the_mode_decides_the_targets(synthetic, mode):
-    labels = torch.cat([item["labels"] for item in build(synthetic, "coco_panoptic", mode)])
-    if mode == "instance":
+@pytest.mark.parametrize("task", TASKS)
+def test_the_task_decides_the_targets(synthetic, task):
+    labels = torch.cat([item["labels"] for item in build(synthetic, "coco_panoptic", task)])
+    if task == "instance":
         assert labels.max() < 3  # things only
     else:
         assert labels.max() >= 3
-    if mode == "semantic":
-        for item in build(synthetic, "coco_panoptic", mode):
+    if task == "semantic":
+        for item in build(synthetic, "coco_panoptic", task):
             assert len(item["labels"].unique()) == len(item["labels"])
 
 
@@ -163,9 +160,7 @@ def test_archives_load_like_folders(synthetic, tmp_path, dataset_type):
 
 def test_ade_folder_layout_without_annot_file_matches_the_jsonl(synthetic):
     listed = build(synthetic, "ade")
-    folders = build_dataset(
-        split_cfg(synthetic["val"], "ade", annot_file=""), dataset_cfg(synthetic["label_map"]), "semantic", False, "unused-cache"
-    )
+    folders = make(split_files(synthetic["val"], annot_file=""), "ade", synthetic["label_map"], "semantic")
     assert [r.path for r in folders.reader.images] == [r.path for r in listed.reader.images]
     np.testing.assert_array_equal(folders.ground_truth(0)["semantic"], listed.ground_truth(0)["semantic"])
 
@@ -181,8 +176,8 @@ def test_coco_polygons_are_rasterised(tmp_path):
         "annotations": [{"id": 1, "image_id": 1, "category_id": 4, "iscrowd": 0, "segmentation": [square, [1, 1, 2, 2]]}],
         "categories": [{"id": 4, "name": "box"}],
     }))
-    cfg = SimpleNamespace(type="coco", img_dir=str(tmp_path / "images"), instance_json=str(tmp_path / "instances.json"))
-    truth = build_dataset(cfg, dataset_cfg(str(label_map)), "instance", False, str(tmp_path)).ground_truth(0)
+    files = dict(img_dir=str(tmp_path / "images"), instance_json=str(tmp_path / "instances.json"))
+    truth = make(files, "coco", str(label_map), "instance", cache_root=str(tmp_path)).ground_truth(0)
     mask = truth["instances"]["masks"][0]
     rows, cols = np.nonzero(mask)
     assert mask.shape == (30, 40) and truth["instances"]["labels"].tolist() == [0]
@@ -211,7 +206,7 @@ def _edit_json(path, edit):
 
 def _build(copy, dataset_type, **overrides):
     paths, label_map = copy
-    return build_dataset(split_cfg(paths, dataset_type, **overrides), dataset_cfg(label_map), "panoptic", False, "unused-cache")
+    return make(split_files(paths, **overrides), dataset_type, label_map)
 
 
 @pytest.mark.parametrize("dataset_type", DATASET_TYPES)
@@ -300,11 +295,12 @@ def test_an_empty_dataset_is_refused(copy, dataset_type):
         _build(copy, dataset_type)
 
 
-def test_config_mistakes_name_the_key(copy):
-    with pytest.raises(UserError, match=r"dataset\.val\.type is 'voc'; expected one of"):
+def test_argument_mistakes_name_the_argument(copy):
+    with pytest.raises(UserError, match=r"^dataset_type: 'voc'; expected one of"):
         _build(copy, "voc")
-    with pytest.raises(UserError, match=r"dataset\.val\.panoptic_json is empty"):
+    with pytest.raises(UserError, match=r"^panoptic_json: empty"):
         _build(copy, "coco_panoptic", panoptic_json="")
-    with pytest.raises(UserError, match=r"dataset\.augmentation\.train_augmentation is 'mosaic'"):
-        paths, label_map = copy
-        build_dataset(split_cfg(paths, "ade"), dataset_cfg(label_map), "panoptic", True, "unused-cache", train_augmentation="mosaic")
+    with pytest.raises(UserError, match=r"^train_augmentation: 'mosaic'"):
+        make(split_files(copy[0]), "ade", copy[1], is_train=True, train_augmentation="mosaic")
+    with pytest.raises(UserError, match=r"^train_crop_size: \[640\]; expected \[height, width\]"):
+        build_transform(True, train_crop_size=[640])

@@ -4,12 +4,11 @@
 import json
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from model.data import build_dataset, check_dataset, write_synthetic_dataset
+from model.data import LabelMap, build_dataset, build_transform, check_dataset, write_synthetic_dataset
 from model.data.synthetic import CATEGORIES
 from model.errors import UserError
 
@@ -51,12 +50,10 @@ def test_impossible_arguments_are_user_errors(tmp_path, arguments):
 
 def _dataset(paths, dataset_type):
     split = paths["train"]
-    cfg = SimpleNamespace(type=dataset_type, root_dir=split["root_dir"], annot_file=split["annot_file"], **{
-        key: split[key] for key in ("img_dir", "panoptic_dir", "panoptic_json", "instance_json")
-    })
-    augmentation = SimpleNamespace(test_min_size=128, test_max_size=128)
-    dataset_cfg = SimpleNamespace(label_map=paths["label_map"], contiguous_id=True, augmentation=augmentation)
-    return build_dataset(cfg, dataset_cfg, "panoptic", False, "unused-cache", split="train")
+    files = {key: split[key] for key in ("img_dir", "panoptic_dir", "panoptic_json", "instance_json", "root_dir", "annot_file")}
+    label_map = LabelMap.from_file(paths["label_map"], contiguous_id=True)
+    transform = build_transform(False, test_min_size=128, test_max_size=128)
+    return build_dataset(dataset_type, task="panoptic", label_map=label_map, transform=transform, cache_root="unused-cache", **files)
 
 
 def _touching_pairs(masks):

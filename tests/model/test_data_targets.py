@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from model.data.targets import Annotation, check_mode, ground_truth, training_targets
+from model.data.targets import Annotation, ground_truth, training_targets
 from model.errors import UserError
+from model.tasks import check_task
 
 
 def _annotation(has_instances: bool = True) -> Annotation:
@@ -64,6 +65,6 @@ def test_semantic_data_has_no_panoptic_or_instance_ground_truth():
     assert set(ground_truth(_annotation(has_instances=False))) == {"semantic"}
 
 
-def test_an_unknown_mode_is_a_user_error_naming_the_key():
-    with pytest.raises(UserError, match="model.mode is 'detection'"):
-        check_mode("detection")
+def test_an_unknown_task_is_a_user_error_naming_the_argument():
+    with pytest.raises(UserError, match="^task: 'detection'; expected one of"):
+        check_task("detection")

@@ -106,7 +106,7 @@ def test_panoptic_mode_gives_every_output_with_things_only_instances():
 
 
 def test_bad_settings_are_user_errors():
-    with pytest.raises(UserError, match="mode"):
+    with pytest.raises(UserError, match="task"):
         Postprocessor("depth", 2, [True, False])
     with pytest.raises(UserError, match="is_thing"):
         Postprocessor("panoptic", 2)
