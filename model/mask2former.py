@@ -100,8 +100,6 @@ def build_mask2former(
     for name, dim in (("conv_dim", conv_dim), ("hidden_dim", hidden_dim)):
         if dim % nheads != 0:
             raise ArgumentError(name, f"{dim} must be divisible by nheads ({nheads})")
-    if dec_layers < 1:
-        raise ArgumentError("dec_layers", f"{dec_layers}, expected >= 1")
     unknown = [f for f in encoder_in_features if f not in BACKBONE_OUT_FEATURES]
     if unknown or not encoder_in_features:
         raise ArgumentError("encoder_in_features", f"{list(encoder_in_features)}, expected names among {list(BACKBONE_OUT_FEATURES)}")

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.errors import ArgumentError
 from model.pixel_decoder import c2_xavier_fill
 from model.position_encoding import PositionEmbeddingSine
 
@@ -156,7 +157,7 @@ class MaskedAttentionDecoder(nn.Module):
     ):
         super().__init__()
         if dec_layers < 1:
-            raise ValueError(f"dec_layers must be >= 1, got {dec_layers}")
+            raise ArgumentError("dec_layers", f"{dec_layers}, expected >= 1")
         self.pe_layer = PositionEmbeddingSine(hidden_dim // 2, normalize=True)
         self.layers = nn.ModuleList(DecoderLayer(hidden_dim, nheads, dim_feedforward, pre_norm) for _ in range(dec_layers - 1))
         self.decoder_norm = nn.LayerNorm(hidden_dim)
