@@ -10,7 +10,7 @@ weights (official Swin release, timm, torchvision) into either.
 
 import logging
 import re
-from typing import NamedTuple, Optional, Sequence
+from typing import Any, NamedTuple
 
 import timm
 import torch
@@ -45,62 +45,34 @@ class ResNet50(nn.Module):
         return self.body(x)
 
 
-def build_backbone(
-    name: str,
-    *,
-    embed_dim: Optional[int] = None,
-    depths: Optional[Sequence[int]] = None,
-    num_heads: Optional[Sequence[int]] = None,
-    patch_size: int = 4,
-    window_size: int = 7,
-    mlp_ratio: float = 4.0,
-    qkv_bias: bool = True,
-    drop_rate: float = 0.0,
-    attn_drop_rate: float = 0.0,
-    drop_path_rate: float = 0.3,
-    ape: bool = False,
-    patch_norm: bool = True,
-    pretrain_img_size: int = 224,
-    use_checkpoint: bool = False,
-) -> nn.Module:
+def build_backbone(name: str, *, use_checkpoint: bool = False, **swin_kwargs: Any) -> nn.Module:
     """The backbone called `name`, with randomly initialised weights.
 
     Args:
         name: 'resnet50'; 'swin_tiny' | 'swin_small' | 'swin_base' | 'swin_large' (the published
-            embed_dim / depths / num_heads; leave those three None); or 'swin' with explicit
-            embed_dim, depths (4 ints) and num_heads (4 ints).
-        The other arguments configure Swin (ResNet-50 only reads use_checkpoint): see SwinTransformer.
+            embed_dim / depths / num_heads); or 'swin' with explicit embed_dim, depths (4 ints)
+            and num_heads (4 ints).
+        use_checkpoint: activation checkpointing (less memory, slower), for either family.
+        swin_kwargs: further arguments of `model.swin.SwinTransformer` (window_size, drop_path_rate, ...).
 
     Returns:
         A module with forward(x (B, 3, H, W)) -> [res2, res3, res4, res5] NCHW and the
         attributes `channels` and `strides` (4 ints each).
     """
     if name == "resnet50":
+        if swin_kwargs:
+            raise ArgumentError("backbone", f"'resnet50' takes only use_checkpoint, got {sorted(swin_kwargs)}")
         return ResNet50(use_checkpoint=use_checkpoint)
+    shape = ("embed_dim", "depths", "num_heads")
     if name.startswith("swin_") and name[5:] in SWIN_PRESETS:
-        if embed_dim is not None or depths is not None or num_heads is not None:
+        if any(key in swin_kwargs for key in shape):
             raise ArgumentError("backbone", f"{name!r} fixes embed_dim, depths and num_heads; use 'swin' to set them")
-        embed_dim, depths, num_heads = SWIN_PRESETS[name[5:]]
+        swin_kwargs.update(zip(shape, SWIN_PRESETS[name[5:]]))
     elif name != "swin":
         raise ArgumentError("backbone", f"{name!r} is not built here; expected one of {BACKBONES}")
-    elif embed_dim is None or depths is None or num_heads is None:
+    elif not all(key in swin_kwargs for key in shape):
         raise ArgumentError("backbone", "'swin' needs embed_dim, depths and num_heads")
-    return SwinTransformer(
-        embed_dim=embed_dim,
-        depths=tuple(depths),
-        num_heads=tuple(num_heads),
-        patch_size=patch_size,
-        window_size=window_size,
-        mlp_ratio=mlp_ratio,
-        qkv_bias=qkv_bias,
-        drop_rate=drop_rate,
-        attn_drop_rate=attn_drop_rate,
-        drop_path_rate=drop_path_rate,
-        ape=ape,
-        patch_norm=patch_norm,
-        pretrain_img_size=pretrain_img_size,
-        use_checkpoint=use_checkpoint,
-    )
+    return SwinTransformer(use_checkpoint=use_checkpoint, **swin_kwargs)
 
 
 class LoadReport(NamedTuple):
