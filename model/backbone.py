@@ -17,7 +17,7 @@ import torch
 from timm.layers import freeze_batch_norm_2d
 from torch import nn
 
-from model.checkpoint import read_state_dict
+from model.checkpoint import MODULE_PREFIX, read_state_dict
 from model.errors import ArgumentError
 from model.presets import SWIN_PRESETS
 from model.swin import SwinTransformer
@@ -105,7 +105,7 @@ def load_pretrained_backbone(backbone: nn.Module, path: str) -> LoadReport:
     """Load local ImageNet weights into a backbone from `build_backbone`; never downloads.
 
     Swin: the official release (`{'model': ...}`, `layers.0.downsample...`), timm's layout
-    (`layers.1.downsample...`, .pth or .safetensors) or a Mask2Former backbone. ResNet-50:
+    (`layers.1.downsample...`, .pth or .safetensors) or the backbone of a Mask2Former checkpoint. ResNet-50:
     torchvision or timm. Classifier heads and the final classification norm are reported as
     unexpected and ignored; the output LayerNorms of Swin, absent from ImageNet checkpoints,
     are reported missing and keep their initialisation.
@@ -115,7 +115,7 @@ def load_pretrained_backbone(backbone: nn.Module, path: str) -> LoadReport:
         ArgumentError(WEIGHTS_ARGUMENT): the file holds none of the backbone's weights, or a weight
             has another shape than the backbone's (e.g. another Swin size or window).
     """
-    state = read_state_dict(path, prefixes=("module.", "backbone."))
+    state = read_state_dict(path, prefixes=(MODULE_PREFIX, "module.", "backbone."))  # also the backbone of a Mask2Former checkpoint
     if isinstance(backbone, SwinTransformer):
         state = _swin_keys(state)
         example = "patch_embed.proj.weight"
