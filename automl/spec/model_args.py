@@ -1,8 +1,9 @@
-"""The spec's `model` section -> `model.build_mask2former` arguments, and back; the one place that maps them.
+"""The spec -> the library's arguments (`build_mask2former`, `build_dataset`, `build_transform`); the one place that maps them.
 
-`build_network(spec.model)` builds the network a spec describes; `spec_keys_in_errors()` words
-the library's argument errors (of building, or of loading weights) with the spec's keys. `spec_model_values(kwargs)` gives the `model.*` values of a
-network described by arguments (an imported checkpoint's).
+`build_network(spec.model)` builds the network a spec describes and `build_split_dataset(spec, split, ...)`
+one split's dataset; `spec_keys_in_errors()` words the library's argument errors (of building,
+reading data or loading weights) with the spec's keys. `spec_model_values(kwargs)` gives the
+`model.*` values of a network described by arguments (an imported checkpoint's).
 """
 
 from __future__ import annotations
