@@ -9,7 +9,8 @@ from automl.spec import load_spec
 from automl.spec.load import math_cond_holds, parse_overrides
 from model.errors import UserError
 
-REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "tao-mask2former"
+# Specs in the layout of the reference system (TAO Mask2Former), one per action.
+TAO_SPECS = Path(__file__).resolve().parent / "fixtures" / "tao"
 
 
 def write(tmp_path, text: str) -> Path:
@@ -19,15 +20,15 @@ def write(tmp_path, text: str) -> Path:
 
 
 @pytest.mark.parametrize("action", ["train", "evaluate", "inference", "export", "gen_trt_engine", "quantize"])
-def test_reference_templates_load(action):
-    spec = load_spec(REFERENCE / f"spec_template_{action}.yaml")
+def test_tao_specs_of_every_action_load(action):
+    spec = load_spec(TAO_SPECS / f"spec_{action}.yaml")
     assert spec.model.mask_former.num_object_queries == 100
     assert spec.model.sem_seg_head.num_classes == 200
 
 
-def test_reference_values_survive_and_ignored_sections_warn(caplog):
+def test_tao_values_survive_and_ignored_sections_warn(caplog):
     with caplog.at_level(logging.WARNING):
-        spec = load_spec(REFERENCE / "spec_template_train.yaml")
+        spec = load_spec(TAO_SPECS / "spec_train.yaml")
     assert spec.train.optim.milestones == [88, 96]
     assert spec.dataset.augmentation.train_crop_size == [640, 640]
     warned = " ".join(r.getMessage() for r in caplog.records)
@@ -141,9 +142,9 @@ def test_actions_need_their_checkpoint(action, key):
         load_spec(None, action=action)
 
 
-def test_reference_missing_marker_counts_as_unset():
+def test_tao_missing_marker_counts_as_unset():
     with pytest.raises(UserError, match="export.checkpoint: required for export"):
-        load_spec(REFERENCE / "spec_template_export.yaml", action="export")
+        load_spec(TAO_SPECS / "spec_export.yaml", action="export")
 
 
 def test_named_swin_fixes_the_architecture_and_conflicts_are_refused(tmp_path):
