@@ -15,6 +15,7 @@ from typing import List, Optional, Tuple
 import typer
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
+from rich.text import Text
 
 from automl.spec import load_spec
 from automl.spec.schema import DEFAULT_SCHEMA_DIR, write_schemas
@@ -256,15 +257,20 @@ def ui(
     subprocess.run([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)], check=False)
 
 
+def _print_error(title: str, err: Exception) -> None:
+    """`title message` on stderr, unwrapped (one line stays one line) and without markup (lists are not tags)."""
+    Console(stderr=True, soft_wrap=True).print(Text.assemble((title, "bold red"), f" {err}"), highlight=False)
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         app()
     except UserError as err:
-        Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False)
+        _print_error("error:", err)
         sys.exit(2)
     except NonFiniteLossError as err:  # the last good checkpoint stays in <results_dir>/train
-        Console(stderr=True).print(f"[bold red]training stopped:[/] {err}", highlight=False)
+        _print_error("training stopped:", err)
         sys.exit(1)
 
 
