@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from automl.spec import load_spec
-from automl.spec.load import math_cond_holds, parse_overrides
+from automl.spec.load import iter_fields, math_cond_holds, parse_overrides
 from model.errors import UserError
 
 # Specs in the layout of the reference system (TAO Mask2Former), one per action.
@@ -86,11 +86,57 @@ def test_section_given_a_scalar(tmp_path):
         ("model.mask_former.nheads=6", r"nheads: 6 breaks the condition '\^ 2' \(a power of 2\)"),
         ("model.mask_former.dim_feedforward=128", r"dim_feedforward: 128 must be >= model.mask_former.hidden_dim \(256\)"),
         ("dataset.augmentation.test_max_size=320", r"test_max_size: 320 must be >= dataset.augmentation.test_min_size"),
+        ("dataset.pixel_std=[1]", r"dataset.pixel_std: \[1.0\] has 1 items; expected 3"),
+        ("dataset.pixel_std=[0,0,0]", r"dataset.pixel_std: 0.0 breaks the condition '> 0.0'"),
+        ("dataset.pixel_mean=[123.675,116.28,103.53]", r"dataset.pixel_mean: 123.675 is out of bounds; expected 0.0 <= value <= 1.0"),
+        ("dataset.augmentation.train_crop_size=[128]", r"train_crop_size: \[128\] has 1 items; expected 2"),
     ],
 )
 def test_bad_values_are_refused_with_the_key(override, message):
+    with pytest.raises(UserError, match=message) as info:
+        load_spec(None, [override])
+    assert "\n" not in str(info.value)  # one bad value, one line
+
+
+FLOAT_KEYS = sorted(key for key, _, value in iter_fields(load_spec(None)) if isinstance(value, float))
+
+
+def test_every_float_field_is_checked_for_finiteness():
+    assert {"train.clip_grad_norm", "train.optim.lr", "automl.trial_timeout_minutes", "model.mask_former.no_object_weight"} <= set(FLOAT_KEYS)
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
+@pytest.mark.parametrize("key", FLOAT_KEYS)
+def test_non_finite_floats_are_refused_everywhere(key, value):
+    with pytest.raises(UserError, match=rf"^<defaults>: {key}: -?(nan|inf) is not finite; expected a number"):
+        load_spec(None, [f"{key}={value}"])
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("dataset.pixel_std=[0.2,.nan,0.2]", r"dataset.pixel_std: \[0.2, nan, 0.2\] is not finite"),
+        ("automl.resources_per_trial.cpu=.nan", r"automl.resources_per_trial: \{'cpu': nan\} is not finite"),
+    ],
+)
+def test_non_finite_items_of_lists_and_mappings_are_refused(override, message):
     with pytest.raises(UserError, match=message):
         load_spec(None, [override])
+
+
+@pytest.mark.parametrize("action", ["train", "evaluate"])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.mode=panoptik", r"model.mode: 'panoptik' is not one of \['panoptic', 'instance', 'semantic'\]"),
+        ("dataset.train.type=cocoo", r"dataset.train.type: 'cocoo' is not one of \['coco', 'ade', 'coco_panoptic'\]"),
+        ("dataset.val.type=ADE", r"dataset.val.type: 'ADE' is not one of"),
+    ],
+)
+def test_misspelled_enum_on_an_action_path_is_one_line(action, override, message):
+    with pytest.raises(UserError, match=message) as info:
+        load_spec(None, [override, "evaluate.checkpoint=best"], action=action)
+    assert "\n" not in str(info.value)
 
 
 def test_all_errors_reported_together():
@@ -102,6 +148,29 @@ def test_all_errors_reported_together():
 def test_yaml_syntax_error_gives_the_line(tmp_path):
     path = write(tmp_path, "train:\n  num_epochs: 3\n  optim: [lr: 1\n")
     with pytest.raises(UserError, match=r"spec.yaml:\d+:\d+: YAML syntax error"):
+        load_spec(path)
+
+
+def test_duplicate_key_is_refused_with_its_line(tmp_path):
+    path = write(tmp_path, "train:\n  num_epochs: 3\n  optim:\n    lr: 0.001\n  num_epochs: 30\n")
+    with pytest.raises(UserError, match=r"spec.yaml:5:3: YAML syntax error: duplicate key 'num_epochs' \(first at line 2\)"):
+        load_spec(path)
+
+
+def test_a_merge_key_may_be_overridden(tmp_path):
+    text = "train:\n  optim: &base\n    lr: 0.001\n    gamma: 0.2\nevaluate:\n  num_gpus: 1\nquantize:\n  backend_kwargs:\n    <<: *base\n    lr: 0.002\n"
+    assert load_spec(write(tmp_path, text)).quantize.backend_kwargs == {"lr": 0.002, "gamma": 0.2}
+
+
+def test_spec_path_that_is_a_directory(tmp_path):
+    with pytest.raises(UserError, match=rf"^{tmp_path}: cannot read the spec file \(Is a directory\); expected a YAML file$"):
+        load_spec(tmp_path)
+
+
+def test_spec_that_is_not_utf8(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("model_name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(UserError, match=r"latin1.yaml: byte 15 is not UTF-8 \(invalid continuation byte\); save the spec as UTF-8 text"):
         load_spec(path)
 
 
