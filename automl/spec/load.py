@@ -13,6 +13,7 @@ import math
 import os
 import re
 from dataclasses import fields, is_dataclass
+from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import yaml
@@ -227,6 +228,9 @@ def check_action_inputs(spec: DictConfig, action: str, need_checkpoint: bool = T
     """The inputs `action` reads must be set (and, for data, exist) before any work starts."""
     if action not in ACTIONS:
         raise ValueError(f"unknown action {action}")
+    yield from _check_writable("results_dir", spec.results_dir)
+    if spec[action].results_dir:
+        yield from _check_writable(f"{action}.results_dir", spec[action].results_dir)
     splits = {"train": ("train", "val"), "evaluate": ("val",)}.get(action, ())
     if splits or action == "inference":
         yield from _check_path(spec, "dataset.label_map")
@@ -344,6 +348,19 @@ def _check_path(spec: DictConfig, key: str, why: str = "") -> Iterator[str]:
         yield f"{key}: required{' ' + why if why else ''}"
     elif not os.path.exists(value):
         yield f"{key}: {value} does not exist"
+
+
+def _check_writable(key: str, folder: str) -> Iterator[str]:
+    """`folder` is a writable folder, or can be made one (its nearest existing parent is a writable folder)."""
+    if "://" in folder:  # object storage: its own permissions
+        return
+    path = Path(folder)
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        where = "is a file" if existing == path else f"is under the file {existing}"
+        yield f"{key}: {folder} {where}; expected a folder"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        yield f"{key}: {existing} is not writable; expected a folder this user can write in"
 
 
 def _apply_swin_preset(spec: DictConfig, layers: Sequence[tuple[dict, str]]) -> None:

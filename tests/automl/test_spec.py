@@ -1,6 +1,7 @@
 """Loading specs: reference templates, overrides, and every kind of bad input."""
 
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -262,3 +263,22 @@ def test_on_and_off_stay_words(tmp_path):
 def test_bundled_experiment_specs_load(name):
     spec = load_spec(Path(__file__).resolve().parents[2] / "experiments" / name)
     assert spec.model.sem_seg_head.num_classes > 0
+
+
+@pytest.mark.parametrize("action", ["train", "export"])
+def test_results_dir_that_is_a_file_or_under_one(tmp_path, action):
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(UserError, match=rf"^<defaults>: results_dir: {tmp_path}/afile is a file; expected a folder"):
+        load_spec(None, [f"results_dir={tmp_path / 'afile'}", "export.checkpoint=best"], action=action)
+    with pytest.raises(UserError, match=rf"^<defaults>: results_dir: {tmp_path}/afile/run is under the file {tmp_path}/afile; expected a folder"):
+        load_spec(None, [f"results_dir={tmp_path / 'afile' / 'run'}", "export.checkpoint=best"], action=action)
+    with pytest.raises(UserError, match=rf"^<defaults>: {action}.results_dir: {tmp_path}/afile is a file"):
+        load_spec(None, [f"results_dir={tmp_path}", f"{action}.results_dir={tmp_path / 'afile'}", "export.checkpoint=best"], action=action)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_results_dir_is_refused_before_any_work(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    with pytest.raises(UserError, match=rf"^<defaults>: results_dir: {locked} is not writable; expected a folder this user can write in$"):
+        load_spec(None, [f"results_dir={locked / 'run'}", "export.checkpoint=best"], action="export")
