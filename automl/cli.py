@@ -138,6 +138,9 @@ def launch(
     """Train: a sweep over the search space (--policy on) or one plain run (--policy off), tracked in MLflow."""
     extra = [f"automl.{key}={value}" for key, value in (("policy", policy), ("tracking_uri", tracking_uri), ("ray_address", ray_address)) if value]
     cfg = load(spec, [*(overrides or []), *extra], action="train")
+    from automl.preflight import check_training_data
+
+    check_training_data(cfg, console)
     if cfg.automl.policy == "off":
         from automl.launch import train_once
 

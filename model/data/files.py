@@ -63,6 +63,15 @@ def read_image_size(path: Path) -> tuple[int, int]:
     return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
 
 
+def verify_image(path: Path) -> None:
+    """Check an image file without decoding its pixels: a readable header and, for PNG, every chunk's checksum."""
+    with _open_image(path) as image:
+        try:
+            image.verify()
+        except (OSError, SyntaxError) as e:  # Pillow reports a bad PNG chunk as SyntaxError
+            raise UserError(f"{path}: image is truncated or corrupt ({e})") from None
+
+
 def read_rgb(path: Path) -> np.ndarray:
     """An image as (H, W, 3) uint8 RGB, turned upright by its EXIF orientation."""
     with _open_image(path) as image:
