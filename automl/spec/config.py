@@ -350,7 +350,8 @@ class AutoMLConfig:
     metric: str = param("", "Metric to optimise (default by model.mode: PQ, AP or mIoU).")
     mode: str = param("max", "Maximise or minimise the metric.", valid_options=["max", "min"])
     resources_per_trial: Dict[str, float] = param(
-        {}, "Resources of one trial, e.g. {cpu: 2, gpu: 0.25} (default: 1 GPU when there is one, else 1 CPU).", automl_enabled=False
+        {}, "Resources of one trial, e.g. {cpu: 2, gpu: 0.25} (default: 1 GPU when there is one, else 1 CPU).", valid_min=0.0,
+        automl_enabled=False,
     )
     search_space: Any = param("default", "A preset name in search_spaces/, a YAML file, or an inline mapping of ranges.")
     max_epochs: int = param(0, "Epochs of a full trial (0: train.num_epochs).", valid_min=0, valid_max=100000)

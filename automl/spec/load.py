@@ -231,6 +231,10 @@ def check_action_inputs(spec: DictConfig, action: str, need_checkpoint: bool = T
     yield from _check_writable("results_dir", spec.results_dir)
     if spec[action].results_dir:
         yield from _check_writable(f"{action}.results_dir", spec[action].results_dir)
+    if action == "train":  # the starting weights, when given
+        for key in ("model.backbone.pretrained_weights", "train.pretrained_model_path", "train.resume_training_checkpoint_path"):
+            if OmegaConf.select(spec, key) not in ("", *CHECKPOINT_KEYWORDS):
+                yield from _check_path(spec, key)
     splits = {"train": ("train", "val"), "evaluate": ("val",)}.get(action, ())
     if splits or action == "inference":
         yield from _check_path(spec, "dataset.label_map")

@@ -23,6 +23,8 @@ def read_json(path: str | Path) -> Any:
             return json.load(f)
     except FileNotFoundError:
         raise UserError(f"{path}: file not found") from None
+    except OSError as e:  # a folder, no permission
+        raise UserError(f"{path}: cannot read the file ({e.strerror}); expected a JSON file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: not valid JSON ({e})") from None
 
@@ -33,6 +35,8 @@ def read_jsonl(path: str | Path) -> list[Any]:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         raise UserError(f"{path}: file not found") from None
+    except OSError as e:  # a folder, no permission
+        raise UserError(f"{path}: cannot read the file ({e.strerror}); expected a JSON-lines file") from None
     except UnicodeDecodeError as e:
         raise UserError(f"{path}: not a UTF-8 text file ({e})") from None
     values = []

@@ -58,6 +58,13 @@ def test_a_panoptic_png_of_another_size_than_its_image_is_named(data, tmp_path):
         check_training_data(spec_on(data, tmp_path))
 
 
+def test_an_annotation_json_that_is_a_folder_is_named(data, tmp_path):
+    spec = spec_on(data, tmp_path)
+    spec.dataset.train.panoptic_json = str(data / "train")
+    with pytest.raises(UserError, match=rf"^{data / 'train'}: cannot read the file \(Is a directory\); expected a JSON file$"):
+        check_training_data(spec)
+
+
 @pytest.mark.parametrize("policy", ["on", "off"])
 def test_launch_refuses_corrupt_data_before_training(data, tmp_path, policy):
     png = first_file(data / "train" / "panoptic")

@@ -91,6 +91,7 @@ def test_section_given_a_scalar(tmp_path):
         ("dataset.pixel_std=[0,0,0]", r"dataset.pixel_std: 0.0 breaks the condition '> 0.0'"),
         ("dataset.pixel_mean=[123.675,116.28,103.53]", r"dataset.pixel_mean: 123.675 is out of bounds; expected 0.0 <= value <= 1.0"),
         ("dataset.augmentation.train_crop_size=[128]", r"train_crop_size: \[128\] has 1 items; expected 2"),
+        ("automl.resources_per_trial.cpu=-1", r"automl.resources_per_trial: -1.0 is out of bounds; expected 0.0 <= value"),
     ],
 )
 def test_bad_values_are_refused_with_the_key(override, message):
@@ -194,6 +195,12 @@ def test_train_needs_data_paths_for_its_dataset_type(tmp_path):
     assert "dataset.train.img_dir: /does/not/exist does not exist" in text
     assert "dataset.train.panoptic_json: required for dataset.train.type 'coco_panoptic'" in text
     assert "dataset.val.type: 'ade' data cannot train or score model.mode 'panoptic'" in text
+
+
+@pytest.mark.parametrize("key", ["model.backbone.pretrained_weights", "train.pretrained_model_path", "train.resume_training_checkpoint_path"])
+def test_train_refuses_starting_weights_that_do_not_exist(tmp_path, key):
+    with pytest.raises(UserError, match=rf"<defaults>: {key}: {tmp_path}/nope.pth does not exist"):
+        load_spec(None, [f"{key}={tmp_path / 'nope.pth'}"], action="train")
 
 
 def test_semantic_ade_split_needs_root_dir_only(tmp_path):
