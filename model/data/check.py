@@ -1,7 +1,9 @@
 """A pass over a dataset before training: every file validated and classes counted.
 
-`automl data check` decodes every image; the pre-flight of `automl launch` checks image headers (and
-PNG checksums) instead, which finds missing, corrupt and mismatched files in a fraction of the time.
+`check_dataset` (`automl data check`) decodes every image and label; `check_files` (the pre-flight of
+`automl launch`) reads headers and PNG checksums only, which finds corrupt files and label images of
+the wrong size without decoding a pixel. Both run after building the dataset has checked its
+annotation files, ids and categories.
 """
 
 from __future__ import annotations
@@ -11,15 +13,29 @@ from typing import Any
 import numpy as np
 
 from model.data.dataset import SegmentationDataset
-from model.data.files import verify_image
+from model.data.files import read_image_size, verify_image
 from model.data.label_map import IGNORE_LABEL
+from model.errors import UserError
 
 
-def check_dataset(dataset: SegmentationDataset, decode_images: bool = True) -> dict[str, Any]:
-    """Read every image and its ground truth (raising the first UserError), and count the classes.
+def check_files(dataset: SegmentationDataset) -> None:
+    """Every image and label image opens with intact PNG chunks, and each label image has its image's size."""
+    for index, record in enumerate(dataset.reader.images):
+        verify_image(record.path)
+        label = dataset.reader.label_file(index)
+        if label is None:
+            continue
+        verify_image(label)
+        image_size, label_size = read_image_size(record.path), read_image_size(label)
+        if label_size != image_size:
+            raise UserError(
+                f"{label}: label image is {label_size[0]}x{label_size[1]} (HxW) but its image {record.path} is "
+                f"{image_size[0]}x{image_size[1]}; expected the same size"
+            )
 
-    decode_images=False checks each image's header and PNG checksums instead of decoding its pixels;
-    the ground truth (annotations, label PNGs, their sizes against the image's) is read either way.
+
+def check_dataset(dataset: SegmentationDataset) -> dict[str, Any]:
+    """Decode every image and its ground truth (raising the first UserError), and count the classes.
 
     Returns {"images": number of images, "classes": [{"id", "train_id", "name", "isthing", "images", "instances",
     "crowd"}]} with one entry per label-map category: the images it appears in, its segments that are
@@ -28,10 +44,7 @@ def check_dataset(dataset: SegmentationDataset, decode_images: bool = True) -> d
     label_map = dataset.label_map
     counts = {train_id: {"images": 0, "instances": 0, "crowd": 0} for train_id in label_map.train_id_to_id}
     for index in range(len(dataset)):
-        if decode_images:
-            dataset.read_image(index)
-        else:
-            verify_image(dataset.reader.images[index].path)
+        dataset.read_image(index)
         truth = dataset.ground_truth(index)
         if "segments" in truth:
             labels = np.array([s["category_id"] for s in truth["segments"]], np.int64)

@@ -1,5 +1,6 @@
 """The data pre-flight of `automl launch`: a bad file is one error naming it, before anything trains."""
 
+import importlib.util
 import shutil
 import subprocess
 import sys
@@ -47,14 +48,14 @@ def test_an_image_with_a_corrupt_chunk_is_named(data, tmp_path):
 def test_a_truncated_panoptic_png_is_named(data, tmp_path):
     png = first_file(data / "val" / "panoptic")
     png.write_bytes(png.read_bytes()[:300])
-    with pytest.raises(UserError, match=rf"^{png}: label image is truncated or corrupt"):
+    with pytest.raises(UserError, match=rf"^{png}: image is truncated or corrupt"):
         check_training_data(spec_on(data, tmp_path))
 
 
 def test_a_panoptic_png_of_another_size_than_its_image_is_named(data, tmp_path):
     png = first_file(data / "train" / "panoptic")
     Image.open(png).resize((32, 32)).save(png)
-    with pytest.raises(UserError, match=rf"^{png}: panoptic PNG is 32x32 \(HxW\) but its image .* is 128x128"):
+    with pytest.raises(UserError, match=rf"^{png}: label image is 32x32 \(HxW\) but its image .* is 128x128; expected the same size$"):
         check_training_data(spec_on(data, tmp_path))
 
 
@@ -73,5 +74,15 @@ def test_launch_refuses_corrupt_data_before_training(data, tmp_path, policy):
     command = [sys.executable, "-m", "automl.cli", "launch", "-e", str(SMOKE_SPEC), *data_overrides(data), f"results_dir={results}", "--policy", policy]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
-    assert result.stderr.strip() == f"error: {png}: label image is truncated or corrupt (image file is truncated)"
+    assert result.stderr.strip() == f"error: {png}: image is truncated or corrupt (Truncated File Read)"
     assert not (results / "train").exists() and not (results / "automl").exists()
+
+
+def test_the_benchmark_times_both_checks(tmp_path):
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "data_preflight.py"
+    spec = importlib.util.spec_from_file_location("data_preflight_benchmark", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    result = module.main(["--num-images", "8", "--size", "32", "32", "--repeats", "1", "--out", str(tmp_path / "b.json")])
+    assert [row["check"] for row in result["rows"]] == ["check_files", "check_dataset"]
+    assert all(row["images"] == 6 and row["median_s"] > 0 for row in result["rows"])
