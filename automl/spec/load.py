@@ -60,7 +60,21 @@ MODE_DATASET_TYPES = {
 
 
 class _SpecLoader(yaml.SafeLoader):
-    """YAML with only true/false as booleans: YAML 1.1 would read `policy: off` as False."""
+    """YAML with only true/false as booleans (YAML 1.1 would read `policy: off` as False) and each
+    key once per mapping (YAML would keep the last value without a word)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` then a key overriding it is intended
+                continue
+            key = self.construct_object(key_node)
+            if key in first_line:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key '{key}' (first at line {first_line[key] + 1})", key_node.start_mark
+                )
+            first_line[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
 
 
 _SpecLoader.yaml_implicit_resolvers = {
@@ -68,24 +82,6 @@ _SpecLoader.yaml_implicit_resolvers = {
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 _SpecLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
-
-
-def _construct_mapping_once(loader: _SpecLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    """A mapping that names a key twice is refused: YAML would keep the last value without a word."""
-    seen: dict[Any, int] = {}
-    for key_node, _ in node.value:
-        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` then a key overriding it is intended
-            continue
-        key = loader.construct_object(key_node)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key '{key}' (first at line {seen[key] + 1})", key_node.start_mark
-            )
-        seen[key] = key_node.start_mark.line
-    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
-
-
-_SpecLoader.construct_mapping = _construct_mapping_once  # type: ignore[method-assign]
 
 
 def parse_yaml(text: Any) -> Any:
