@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.text import Text
 
 from automl.spec import load_spec
+from automl.spec.load import check_writable
 from automl.spec.schema import DEFAULT_SCHEMA_DIR, write_schemas
 from model.errors import NonFiniteLossError, UserError
 
@@ -32,6 +33,14 @@ console = Console()
 
 SpecOption = typer.Option(..., "-e", "--experiment-spec", help="The experiment spec (YAML).", exists=False)
 OverridesArgument = typer.Argument(None, help="Dotted overrides, e.g. train.optim.lr=1e-4", show_default=False)
+
+
+def output_folder(option: str, folder: Path) -> Path:
+    """`folder` if it is, or can become, a folder this user writes in; else a UserError naming `option`."""
+    problem = next(check_writable(option, str(folder.absolute())), None)
+    if problem:
+        raise UserError(problem)
+    return folder
 
 
 def load(spec: Path | None, overrides: Optional[List[str]], action: str | None = None, need_checkpoint: bool = True) -> DictConfig:
@@ -64,7 +73,7 @@ def data_synth(
     """Write the synthetic dataset in all three formats (COCO panoptic, COCO instance, ADE) with its label map."""
     from model.data import write_synthetic_dataset
 
-    paths = write_synthetic_dataset(out, num_images=num_images, size=size, seed=seed, archives=archives)
+    paths = write_synthetic_dataset(output_folder("--out", out), num_images=num_images, size=size, seed=seed, archives=archives)
     console.print(f"wrote {num_images} images of {size[0]}x{size[1]} under {out} (label map {paths['label_map']})", highlight=False)
 
 
@@ -117,7 +126,7 @@ def convert(
 @app.command()
 def schema(out: Path = typer.Option(DEFAULT_SCHEMA_DIR, "--out", help="Output folder.")) -> None:
     """Write <action>.schema.json, spec templates and manifest.json (and search_spaces/default.yaml) from the spec dataclasses."""
-    written = write_schemas(out)
+    written = write_schemas(output_folder("--out", out))
     if out.resolve() == DEFAULT_SCHEMA_DIR.resolve():  # the default space is derived from the train schema
         from automl.search.space import write_default_space
 

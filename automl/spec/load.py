@@ -224,9 +224,9 @@ def check_action_inputs(spec: DictConfig, action: str, need_checkpoint: bool = T
     """The inputs `action` reads must be set (and, for data, exist) before any work starts."""
     if action not in ACTIONS:
         raise ValueError(f"unknown action {action}")
-    yield from _check_writable("results_dir", spec.results_dir)
+    yield from check_writable("results_dir", spec.results_dir)
     if spec[action].results_dir:
-        yield from _check_writable(f"{action}.results_dir", spec[action].results_dir)
+        yield from check_writable(f"{action}.results_dir", spec[action].results_dir)
     if action == "train":  # the starting weights, when given
         for key in ("model.backbone.pretrained_weights", "train.pretrained_model_path", "train.resume_training_checkpoint_path"):
             if OmegaConf.select(spec, key) not in ("", *CHECKPOINT_KEYWORDS):
@@ -350,8 +350,8 @@ def _check_path(spec: DictConfig, key: str, why: str = "") -> Iterator[str]:
         yield f"{key}: {value} does not exist"
 
 
-def _check_writable(key: str, folder: str) -> Iterator[str]:
-    """`folder` is a writable folder, or can be made one (its nearest existing parent is a writable folder)."""
+def check_writable(key: str, folder: str) -> Iterator[str]:
+    """`folder` (set by `key`) is a writable folder, or can be made one (its nearest existing parent is a writable folder)."""
     if "://" in folder:  # object storage: its own permissions
         return
     path = Path(folder)

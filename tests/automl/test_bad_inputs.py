@@ -50,6 +50,10 @@ CASES = [
     ("num_classes against the label map", "launch {spec} model.sem_seg_head.num_classes=3", "model.sem_seg_head.num_classes is 3, but the label map"),
     ("unknown metric", "launch {spec} automl.metric=foo", "automl.metric: 'foo' is not a metric this platform computes"),
     ("unknown split", "data check {spec} --split foo", "--split: 'foo' is not one of train, val, test"),
+    ("synthetic data into a file", "data synth --out {tmp}/afile", "--out: {tmp}/afile is a file; expected a folder"),
+    ("synthetic data under a file", "data synth --out {tmp}/afile/data", "--out: {tmp}/afile/data is under the file {tmp}/afile"),
+    ("schemas into a file", "schema --out {tmp}/afile", "--out: {tmp}/afile is a file; expected a folder"),
+    ("predictions that are not JSON", "evaluate {spec} --predictions {tmp}/afile", "{tmp}/afile: not valid JSON"),
 ]
 
 
