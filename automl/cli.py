@@ -15,8 +15,10 @@ from typing import List, Optional, Tuple
 import typer
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
+from rich.text import Text
 
 from automl.spec import load_spec
+from automl.spec.load import check_writable
 from automl.spec.schema import DEFAULT_SCHEMA_DIR, write_schemas
 from model.errors import NonFiniteLossError, UserError
 
@@ -31,6 +33,14 @@ console = Console()
 
 SpecOption = typer.Option(..., "-e", "--experiment-spec", help="The experiment spec (YAML).", exists=False)
 OverridesArgument = typer.Argument(None, help="Dotted overrides, e.g. train.optim.lr=1e-4", show_default=False)
+
+
+def output_folder(option: str, folder: Path) -> Path:
+    """`folder` if it is, or can become, a folder this user writes in; else a UserError naming `option`."""
+    problem = next(check_writable(option, str(folder.absolute())), None)
+    if problem:
+        raise UserError(problem)
+    return folder
 
 
 def load(spec: Path | None, overrides: Optional[List[str]], action: str | None = None, need_checkpoint: bool = True) -> DictConfig:
@@ -63,7 +73,7 @@ def data_synth(
     """Write the synthetic dataset in all three formats (COCO panoptic, COCO instance, ADE) with its label map."""
     from model.data import write_synthetic_dataset
 
-    paths = write_synthetic_dataset(out, num_images=num_images, size=size, seed=seed, archives=archives)
+    paths = write_synthetic_dataset(output_folder("--out", out), num_images=num_images, size=size, seed=seed, archives=archives)
     console.print(f"wrote {num_images} images of {size[0]}x{size[1]} under {out} (label map {paths['label_map']})", highlight=False)
 
 
@@ -117,7 +127,7 @@ def convert(
 @app.command()
 def schema(out: Path = typer.Option(DEFAULT_SCHEMA_DIR, "--out", help="Output folder.")) -> None:
     """Write <action>.schema.json, spec templates and manifest.json (and search_spaces/default.yaml) from the spec dataclasses."""
-    written = write_schemas(out)
+    written = write_schemas(output_folder("--out", out))
     if out.resolve() == DEFAULT_SCHEMA_DIR.resolve():  # the default space is derived from the train schema
         from automl.search.space import write_default_space
 
@@ -138,6 +148,9 @@ def launch(
     """Train: a sweep over the search space (--policy on) or one plain run (--policy off), tracked in MLflow."""
     extra = [f"automl.{key}={value}" for key, value in (("policy", policy), ("tracking_uri", tracking_uri), ("ray_address", ray_address)) if value]
     cfg = load(spec, [*(overrides or []), *extra], action="train")
+    from automl.preflight import check_training_data
+
+    check_training_data(cfg, console)
     if cfg.automl.policy == "off":
         from automl.launch import train_once
 
@@ -257,15 +270,20 @@ def ui(
     subprocess.run([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)], check=False)
 
 
+def _print_error(title: str, err: Exception) -> None:
+    """`title message` on stderr, unwrapped (one line stays one line) and without markup (lists are not tags)."""
+    Console(stderr=True, soft_wrap=True).print(Text.assemble((title, "bold red"), f" {err}"), highlight=False)
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         app()
     except UserError as err:
-        Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False)
+        _print_error("error:", err)
         sys.exit(2)
     except NonFiniteLossError as err:  # the last good checkpoint stays in <results_dir>/train
-        Console(stderr=True).print(f"[bold red]training stopped:[/] {err}", highlight=False)
+        _print_error("training stopped:", err)
         sys.exit(1)
 
 

@@ -16,9 +16,13 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.tracking._tracking_service.utils import _tracking_store_registry  # MLflow's own table of store schemes
 from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
 from omegaconf import DictConfig, OmegaConf
+
+from model.errors import UserError
 
 TRIAL_TAG = "automl.trial_id"
 PARENT_TAG = "mlflow.parentRunId"
@@ -26,10 +30,21 @@ REGISTERED_MODEL = "mask2former"
 
 
 def tracking_uri(spec: DictConfig) -> str:
-    """`automl.tracking_uri`, else the embedded store `sqlite:///<results_dir>/mlflow.db`."""
-    if spec.automl.tracking_uri:
-        return spec.automl.tracking_uri
-    return f"sqlite:///{Path(spec.results_dir) / 'mlflow.db'}"
+    """`automl.tracking_uri` (a store MLflow can open), else the embedded store `sqlite:///<results_dir>/mlflow.db`."""
+    uri = spec.automl.tracking_uri
+    if uri:
+        try:
+            _tracking_store_registry.get_store_builder(uri)
+        except MlflowException:
+            raise UserError(
+                f"automl.tracking_uri: '{uri}' is not a store MLflow opens; expected sqlite:///PATH, file:PATH, "
+                f"http(s)://HOST:PORT, databricks, or a database URI such as postgresql://..."
+            ) from None
+        return uri
+    # SQLAlchemy reads '?' as the start of a query and decodes '%XX': quote those (and '#') so the
+    # database stays inside results_dir. Nothing else: MLflow also creates the folder the URI's text names.
+    path = str(Path(spec.results_dir).absolute() / "mlflow.db")
+    return "sqlite:///" + path.replace("%", "%25").replace("?", "%3F").replace("#", "%23")
 
 
 def experiment_name(spec: DictConfig, spec_path: str | os.PathLike | None) -> str:

@@ -20,7 +20,7 @@ from automl.spec.model_args import spec_keys_in_errors
 from automl.training import BEST_NAME, LATEST_NAME, build_datamodule, build_label_map, build_module, seed_everything, train_dir
 from model.checkpoint import load_weights, read_checkpoint
 from model.data import LabelMap
-from model.data.files import read_label_png
+from model.data.files import read_json, read_label_png
 from model.errors import UserError
 from model.metrics import SemanticMetrics, ap_from_coco_files, pq_from_coco_files
 
@@ -83,7 +83,7 @@ def evaluate_predictions(spec: DictConfig, predictions: str | Path) -> dict[str,
         raise UserError(f"--predictions: {path} does not exist")
     if path.is_dir():
         return _semantic_from_pngs(spec, path)
-    content = json.loads(path.read_text())
+    content = read_json(path)
     if isinstance(content, dict) and "annotations" in content:
         if val.type != "coco_panoptic":
             raise UserError(f"--predictions: {path} is a panoptic prediction, but dataset.val.type is '{val.type}'")

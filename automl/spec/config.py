@@ -30,8 +30,10 @@ class SwinConfig:
         popular=True,
     )
     embed_dim: int = param(96, "Channels of the first stage (custom Swin only).", valid_min=8, valid_max=512, math_cond="/ 8")
-    depths: List[int] = param([2, 2, 6, 2], "Blocks per stage (custom Swin only).", valid_min=1, valid_max=64, automl_enabled=False)
-    num_heads: List[int] = param([3, 6, 12, 24], "Attention heads per stage (custom Swin only).", valid_min=1, valid_max=128, automl_enabled=False)
+    depths: List[int] = param([2, 2, 6, 2], "Blocks per stage (custom Swin only).", valid_min=1, valid_max=64, automl_enabled=False, length=4)
+    num_heads: List[int] = param(
+        [3, 6, 12, 24], "Attention heads per stage (custom Swin only).", valid_min=1, valid_max=128, automl_enabled=False, length=4
+    )
     patch_size: int = param(4, "Patch size of the stem. Mask2Former's strides need 4.", valid_options=[4])
     window_size: int = param(7, "Attention window size.", valid_min=1, valid_max=64)
     mlp_ratio: float = param(4.0, "Hidden width of the MLPs relative to the embedding.", valid_min=1.0, valid_max=16.0)
@@ -155,7 +157,7 @@ class AugmentationConfig:
     train_max_size: int = param(
         2560, "Longest edge after the training resize.", valid_min=32, valid_max=8192, math_cond="/ 32", automl_enabled=True
     )
-    train_crop_size: List[int] = param([640, 640], "Training crop [H, W].", valid_min=32, valid_max=8192, automl_enabled=False)
+    train_crop_size: List[int] = param([640, 640], "Training crop [H, W].", valid_min=32, valid_max=8192, automl_enabled=False, length=2)
     # Test sizes change how the metric is measured, so the search must not tune them.
     test_min_size: int = param(640, "Shortest edge at test time.", valid_min=32, valid_max=8192, automl_enabled=False)
     test_max_size: int = param(
@@ -174,8 +176,14 @@ class DatasetConfig:
     val: SplitConfig = section(SplitConfig, "Validation split.")
     test: SplitConfig = section(SplitConfig, "Test split (inference).")
     pin_memory: bool = param(True, "Pin host memory in the data loaders.")
-    pixel_mean: List[float] = param([0.485, 0.456, 0.406], "Per-channel mean (0..1 scale) for normalisation.", automl_enabled=False)
-    pixel_std: List[float] = param([0.229, 0.224, 0.225], "Per-channel std (0..1 scale) for normalisation.", automl_enabled=False)
+    # Bounded to 0..1 so statistics on the 0..255 scale (detectron2's convention) are refused, not silently wrong.
+    pixel_mean: List[float] = param(
+        [0.485, 0.456, 0.406], "Per-channel mean (0..1 scale) for normalisation.", valid_min=0.0, valid_max=1.0, automl_enabled=False, length=3
+    )
+    pixel_std: List[float] = param(
+        [0.229, 0.224, 0.225], "Per-channel std (0..1 scale) for normalisation.", valid_min=0.0, valid_max=1.0, math_cond="> 0.0",
+        automl_enabled=False, length=3,
+    )
     augmentation: AugmentationConfig = section(AugmentationConfig, "Augmentation settings.")
     contiguous_id: bool = param(False, "Map label-map ids to 0..N-1 (then num_classes must be N).")
     label_map: str = param("", "JSON list of {id, name, isthing, color} categories.", is_path=True)
@@ -343,7 +351,8 @@ class AutoMLConfig:
     metric: str = param("", "Metric to optimise (default by model.mode: PQ, AP or mIoU).")
     mode: str = param("max", "Maximise or minimise the metric.", valid_options=["max", "min"])
     resources_per_trial: Dict[str, float] = param(
-        {}, "Resources of one trial, e.g. {cpu: 2, gpu: 0.25} (default: 1 GPU when there is one, else 1 CPU).", automl_enabled=False
+        {}, "Resources of one trial, e.g. {cpu: 2, gpu: 0.25} (default: 1 GPU when there is one, else 1 CPU).", valid_min=0.0,
+        automl_enabled=False,
     )
     search_space: Any = param("default", "A preset name in search_spaces/, a YAML file, or an inline mapping of ranges.")
     max_epochs: int = param(0, "Epochs of a full trial (0: train.num_epochs).", valid_min=0, valid_max=100000)

@@ -24,6 +24,7 @@ METADATA_KEYS = (
     "automl_default",
     "log_scale",
     "is_path",
+    "length",
 )
 
 
@@ -42,6 +43,7 @@ def param(
     automl_default: bool = False,
     log_scale: bool = False,
     is_path: bool = False,
+    length: int | None = None,
 ) -> Any:
     """A spec field with its metadata.
 
@@ -62,6 +64,7 @@ def param(
         log_scale: sample on a log scale (needs valid_min > 0).
         is_path: a file or folder; made absolute (from the working directory) when loaded, so
             trials running elsewhere find it.
+        length: the exact number of items of a list (e.g. 3 for per-channel statistics).
     """
     if automl_default and not automl_enabled:
         raise ValueError("automl_default needs automl_enabled")
@@ -82,6 +85,7 @@ def param(
         "automl_default": automl_default,
         "log_scale": log_scale,
         "is_path": is_path,
+        "length": length,
     }
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata=metadata)

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import difflib
 import logging
+import math
 import os
 import re
 from dataclasses import fields, is_dataclass
+from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import yaml
@@ -48,7 +50,21 @@ MODE_DATASET_TYPES = {
 
 
 class _SpecLoader(yaml.SafeLoader):
-    """YAML with only true/false as booleans: YAML 1.1 would read `policy: off` as False."""
+    """YAML with only true/false as booleans (YAML 1.1 would read `policy: off` as False) and each
+    key once per mapping (YAML would keep the last value without a word)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` then a key overriding it is intended
+                continue
+            key = self.construct_object(key_node)
+            if key in first_line:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key '{key}' (first at line {first_line[key] + 1})", key_node.start_mark
+                )
+            first_line[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
 
 
 _SpecLoader.yaml_implicit_resolvers = {
@@ -100,24 +116,28 @@ def build_spec(layers: Sequence[tuple[dict, str]], action: str | None = None, ne
     _apply_swin_preset(spec, layers)
     _make_paths_absolute(spec)
     errors = list(validate(spec))
-    if action is not None:
-        errors += list(check_action_inputs(spec, action, need_checkpoint))
+    if action is not None and not errors:  # an action's inputs are looked up from a valid spec only
+        errors = list(check_action_inputs(spec, action, need_checkpoint))
     if errors:
-        raise UserError(f"{layers[0][1]}: invalid spec:\n  - " + "\n  - ".join(errors))
+        raise UserError("\n".join(f"{layers[0][1]}: {error}" for error in errors))
     return spec
 
 
 def read_yaml(path: str | os.PathLike) -> dict:
-    """Parse a YAML mapping; a syntax error names the file and line."""
+    """Parse a YAML mapping (UTF-8, each key once per mapping); a syntax error names the file and line."""
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             data = parse_yaml(f)
     except FileNotFoundError:
         raise UserError(f"{path}: spec file not found") from None
+    except OSError as err:  # a directory, no permission
+        raise UserError(f"{path}: cannot read the spec file ({err.strerror}); expected a YAML file") from None
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: byte {err.start} is not UTF-8 ({err.reason}); save the spec as UTF-8 text") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        problem = getattr(err, "problem", None) or str(err)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise UserError(f"{where}: YAML syntax error: {problem}") from None
     if data is None:
         return {}
@@ -194,6 +214,13 @@ def check_action_inputs(spec: DictConfig, action: str, need_checkpoint: bool = T
     """The inputs `action` reads must be set (and, for data, exist) before any work starts."""
     if action not in ACTIONS:
         raise ValueError(f"unknown action {action}")
+    yield from check_writable("results_dir", spec.results_dir)
+    if spec[action].results_dir:
+        yield from check_writable(f"{action}.results_dir", spec[action].results_dir)
+    if action == "train":  # the starting weights, when given
+        for key in ("model.backbone.pretrained_weights", "train.pretrained_model_path", "train.resume_training_checkpoint_path"):
+            if OmegaConf.select(spec, key) not in ("", *CHECKPOINT_KEYWORDS):
+                yield from _check_path(spec, key)
     splits = {"train": ("train", "val"), "evaluate": ("val",)}.get(action, ())
     if splits or action == "inference":
         yield from _check_path(spec, "dataset.label_map")
@@ -226,20 +253,27 @@ def iter_fields(spec: DictConfig, cls: type = ExperimentConfig, prefix: str = ""
 
 
 def _check_value(spec: DictConfig, key: str, meta: dict, value: Any) -> Iterator[str]:
-    items = list(value) if isinstance(value, (list, tuple)) or OmegaConf.is_list(value) else [value]
+    is_list = isinstance(value, (list, tuple)) or OmegaConf.is_list(value)
+    items = list(value) if is_list else list(value.values()) if OmegaConf.is_dict(value) else [value]
     numbers = [v for v in items if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if not all(math.isfinite(v) for v in numbers):  # NaN passes every comparison below
+        yield f"{key}: {_plain(value)!r} is not finite; expected a number (not NaN or infinity)"
+        return
+    length = meta.get("length")
+    if is_list and length is not None and len(items) != length:
+        yield f"{key}: {_plain(value)!r} has {len(items)} items; expected {length}"
+    # A list is reported by its first bad item: one line per key.
     low, high = meta.get("valid_min"), meta.get("valid_max")
-    for v in numbers:
-        if (low is not None and v < low) or (high is not None and v > high):
-            yield f"{key}: {v!r} is out of bounds; expected {low} <= value <= {high}"
+    out_of_bounds = [v for v in numbers if (low is not None and v < low) or (high is not None and v > high)]
+    if out_of_bounds:
+        yield f"{key}: {out_of_bounds[0]!r} is out of bounds; expected {low} <= value <= {high}"
     options = meta.get("valid_options")
     if options is not None and value is not None and value not in options:
         yield f"{key}: {value!r} is not one of {options}"
     cond = meta.get("math_cond")
-    if cond:
-        for v in numbers:
-            if not math_cond_holds(cond, v):
-                yield f"{key}: {v!r} breaks the condition '{cond}' ({describe_math_cond(cond)})"
+    broken = [v for v in numbers if cond and not math_cond_holds(cond, v)]
+    if broken:
+        yield f"{key}: {broken[0]!r} breaks the condition '{cond}' ({describe_math_cond(cond)})"
     for relation in meta.get("depends_on") or ():
         op, other_key = _parse_relation(relation)
         if op is None or value is None:
@@ -306,6 +340,19 @@ def _check_path(spec: DictConfig, key: str, why: str = "") -> Iterator[str]:
         yield f"{key}: {value} does not exist"
 
 
+def check_writable(key: str, folder: str) -> Iterator[str]:
+    """`folder` (set by `key`) is a writable folder, or can be made one (its nearest existing parent is a writable folder)."""
+    if "://" in folder:  # object storage: its own permissions
+        return
+    path = Path(folder)
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        where = "is a file" if existing == path else f"is under the file {existing}"
+        yield f"{key}: {folder} {where}; expected a folder"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        yield f"{key}: {existing} is not writable; expected a folder this user can write in"
+
+
 def _apply_swin_preset(spec: DictConfig, layers: Sequence[tuple[dict, str]]) -> None:
     """A named Swin size decides embed_dim/depths/num_heads; a differing explicit value is an error."""
     swin = spec.model.backbone.swin
@@ -339,6 +386,11 @@ def _drop_missing_markers(data: Any) -> Any:
     if isinstance(data, dict):
         return {k: _drop_missing_markers(v) for k, v in data.items() if v != MISSING}
     return data
+
+
+def _plain(value: Any) -> Any:
+    """A list or mapping of the spec as plain Python, for messages."""
+    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
 
 
 def _dataclass_type(f) -> type | None:

@@ -120,6 +120,8 @@ def _property(f: dataclasses.Field, annotation: Any, key: str, default: Any, def
     for name in ("option_weights", "math_cond", "depends_on"):
         if meta.get(name) is not None:
             out[name] = meta[name]
+    if meta.get("length") is not None:
+        out["minItems"] = out["maxItems"] = meta["length"]
     out["automl_enabled"] = bool(meta.get("automl_enabled"))
     out["log_scale"] = meta.get("log_scale", False)
     if meta.get("popular"):

@@ -7,7 +7,7 @@ it with `collate`. Items, batches and ground truth are described in `model.data.
 
 from model.data.archives import resolve_dir
 from model.data.build import DATASET_TYPES, TRAIN_AUGMENTATIONS, build_dataset, build_transform
-from model.data.check import check_dataset
+from model.data.check import check_dataset, check_files
 from model.data.dataset import SegmentationDataset
 from model.data.label_map import IGNORE_LABEL, LabelMap
 from model.data.loader import build_dataloader, collate
@@ -23,6 +23,7 @@ __all__ = [
     "build_dataset",
     "build_transform",
     "check_dataset",
+    "check_files",
     "collate",
     "resolve_dir",
     "write_synthetic_dataset",

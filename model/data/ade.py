@@ -64,6 +64,9 @@ class AdeReader:
             self.images.append(ImageRecord(image_id=image_id, file_name=image_name, path=image_path))
             self._mask_paths.append(mask_path)
 
+    def label_file(self, index: int) -> Path:
+        return self._mask_paths[index]
+
     def read_annotation(self, index: int, image_size: tuple[int, int]) -> Annotation:
         mask_path = self._mask_paths[index]
         values = read_label_png(mask_path, expect_rgb=False)

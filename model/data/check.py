@@ -1,4 +1,10 @@
-"""A full pass over a dataset before training (`automl data check`): every file decoded and validated, classes counted."""
+"""A pass over a dataset before training: every file validated and classes counted.
+
+`check_dataset` (`automl data check`) decodes every image and label; `check_files` (the pre-flight of
+`automl launch`) reads headers and PNG checksums only, which finds corrupt files and label images of
+the wrong size without decoding a pixel. Both run after building the dataset has checked its
+annotation files, ids and categories.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,25 @@ from typing import Any
 import numpy as np
 
 from model.data.dataset import SegmentationDataset
+from model.data.files import read_image_size, verify_image
 from model.data.label_map import IGNORE_LABEL
+from model.errors import UserError
+
+
+def check_files(dataset: SegmentationDataset) -> None:
+    """Every image and label image opens with intact PNG chunks, and each label image has its image's size."""
+    for index, record in enumerate(dataset.reader.images):
+        verify_image(record.path)
+        label = dataset.reader.label_file(index)
+        if label is None:
+            continue
+        verify_image(label)
+        image_size, label_size = read_image_size(record.path), read_image_size(label)
+        if label_size != image_size:
+            raise UserError(
+                f"{label}: label image is {label_size[0]}x{label_size[1]} (HxW) but its image {record.path} is "
+                f"{image_size[0]}x{image_size[1]}; expected the same size"
+            )
 
 
 def check_dataset(dataset: SegmentationDataset) -> dict[str, Any]:

@@ -92,6 +92,9 @@ class CocoInstanceReader:
                 _ObjectAnnotation(entry["segmentation"], label, bool(entry.get("iscrowd", 0)), position)
             )
 
+    def label_file(self, index: int) -> None:
+        return None
+
     def read_annotation(self, index: int, image_size: tuple[int, int]) -> Annotation:
         height, width = image_size
         declared = self._sizes[index]

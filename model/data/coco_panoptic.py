@@ -74,6 +74,9 @@ class CocoPanopticReader:
             iscrowd=np.array(crowd, bool),
         )
 
+    def label_file(self, index: int) -> Path:
+        return self._segments[index].png
+
     def read_annotation(self, index: int, image_size: tuple[int, int]) -> Annotation:
         segments = self._segments[index]
         rgb = read_label_png(segments.png, expect_rgb=True)

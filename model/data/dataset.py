@@ -51,6 +51,10 @@ class AnnotationReader(Protocol):
         """The annotation of image `index`, whose file is image_size (H0, W0); raises UserError on bad data."""
         ...
 
+    def label_file(self, index: int) -> Path | None:
+        """The label image of image `index`, of the image's size (None where the labels are in the JSON)."""
+        ...
+
 
 class SegmentationDataset(Dataset):
     """Items for training or evaluation (see the module docstring) and original-resolution ground truth.

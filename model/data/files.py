@@ -23,6 +23,8 @@ def read_json(path: str | Path) -> Any:
             return json.load(f)
     except FileNotFoundError:
         raise UserError(f"{path}: file not found") from None
+    except OSError as e:  # a folder, no permission
+        raise UserError(f"{path}: cannot read the file ({e.strerror}); expected a JSON file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: not valid JSON ({e})") from None
 
@@ -33,6 +35,8 @@ def read_jsonl(path: str | Path) -> list[Any]:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         raise UserError(f"{path}: file not found") from None
+    except OSError as e:  # a folder, no permission
+        raise UserError(f"{path}: cannot read the file ({e.strerror}); expected a JSON-lines file") from None
     except UnicodeDecodeError as e:
         raise UserError(f"{path}: not a UTF-8 text file ({e})") from None
     values = []
@@ -61,6 +65,15 @@ def read_image_size(path: Path) -> tuple[int, int]:
         width, height = image.size
         orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
     return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
+
+
+def verify_image(path: Path) -> None:
+    """Check an image file without decoding its pixels: a readable header and, for PNG, every chunk's checksum."""
+    with _open_image(path) as image:
+        try:
+            image.verify()
+        except (OSError, SyntaxError) as e:  # Pillow reports a bad PNG chunk as SyntaxError
+            raise UserError(f"{path}: image is truncated or corrupt ({e})") from None
 
 
 def read_rgb(path: Path) -> np.ndarray:

@@ -1,15 +1,17 @@
 """Loading specs: reference templates, overrides, and every kind of bad input."""
 
 import logging
+import os
 from pathlib import Path
 
 import pytest
 
 from automl.spec import load_spec
-from automl.spec.load import math_cond_holds, parse_overrides
+from automl.spec.load import iter_fields, math_cond_holds, parse_overrides
 from model.errors import UserError
 
-REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "tao-mask2former"
+# Specs in the layout of the reference system (TAO Mask2Former), one per action.
+TAO_SPECS = Path(__file__).resolve().parent / "fixtures" / "tao"
 
 
 def write(tmp_path, text: str) -> Path:
@@ -19,15 +21,15 @@ def write(tmp_path, text: str) -> Path:
 
 
 @pytest.mark.parametrize("action", ["train", "evaluate", "inference", "export", "gen_trt_engine", "quantize"])
-def test_reference_templates_load(action):
-    spec = load_spec(REFERENCE / f"spec_template_{action}.yaml")
+def test_tao_specs_of_every_action_load(action):
+    spec = load_spec(TAO_SPECS / f"spec_{action}.yaml")
     assert spec.model.mask_former.num_object_queries == 100
     assert spec.model.sem_seg_head.num_classes == 200
 
 
-def test_reference_values_survive_and_ignored_sections_warn(caplog):
+def test_tao_values_survive_and_ignored_sections_warn(caplog):
     with caplog.at_level(logging.WARNING):
-        spec = load_spec(REFERENCE / "spec_template_train.yaml")
+        spec = load_spec(TAO_SPECS / "spec_train.yaml")
     assert spec.train.optim.milestones == [88, 96]
     assert spec.dataset.augmentation.train_crop_size == [640, 640]
     warned = " ".join(r.getMessage() for r in caplog.records)
@@ -85,11 +87,58 @@ def test_section_given_a_scalar(tmp_path):
         ("model.mask_former.nheads=6", r"nheads: 6 breaks the condition '\^ 2' \(a power of 2\)"),
         ("model.mask_former.dim_feedforward=128", r"dim_feedforward: 128 must be >= model.mask_former.hidden_dim \(256\)"),
         ("dataset.augmentation.test_max_size=320", r"test_max_size: 320 must be >= dataset.augmentation.test_min_size"),
+        ("dataset.pixel_std=[1]", r"dataset.pixel_std: \[1.0\] has 1 items; expected 3"),
+        ("dataset.pixel_std=[0,0,0]", r"dataset.pixel_std: 0.0 breaks the condition '> 0.0'"),
+        ("dataset.pixel_mean=[123.675,116.28,103.53]", r"dataset.pixel_mean: 123.675 is out of bounds; expected 0.0 <= value <= 1.0"),
+        ("dataset.augmentation.train_crop_size=[128]", r"train_crop_size: \[128\] has 1 items; expected 2"),
+        ("automl.resources_per_trial.cpu=-1", r"automl.resources_per_trial: -1.0 is out of bounds; expected 0.0 <= value"),
     ],
 )
 def test_bad_values_are_refused_with_the_key(override, message):
+    with pytest.raises(UserError, match=message) as info:
+        load_spec(None, [override])
+    assert "\n" not in str(info.value)  # one bad value, one line
+
+
+FLOAT_KEYS = sorted(key for key, _, value in iter_fields(load_spec(None)) if isinstance(value, float))
+
+
+def test_every_float_field_is_checked_for_finiteness():
+    assert {"train.clip_grad_norm", "train.optim.lr", "automl.trial_timeout_minutes", "model.mask_former.no_object_weight"} <= set(FLOAT_KEYS)
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
+@pytest.mark.parametrize("key", FLOAT_KEYS)
+def test_non_finite_floats_are_refused_everywhere(key, value):
+    with pytest.raises(UserError, match=rf"^<defaults>: {key}: -?(nan|inf) is not finite; expected a number"):
+        load_spec(None, [f"{key}={value}"])
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("dataset.pixel_std=[0.2,.nan,0.2]", r"dataset.pixel_std: \[0.2, nan, 0.2\] is not finite"),
+        ("automl.resources_per_trial.cpu=.nan", r"automl.resources_per_trial: \{'cpu': nan\} is not finite"),
+    ],
+)
+def test_non_finite_items_of_lists_and_mappings_are_refused(override, message):
     with pytest.raises(UserError, match=message):
         load_spec(None, [override])
+
+
+@pytest.mark.parametrize("action", ["train", "evaluate"])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.mode=panoptik", r"model.mode: 'panoptik' is not one of \['panoptic', 'instance', 'semantic'\]"),
+        ("dataset.train.type=cocoo", r"dataset.train.type: 'cocoo' is not one of \['coco', 'ade', 'coco_panoptic'\]"),
+        ("dataset.val.type=ADE", r"dataset.val.type: 'ADE' is not one of"),
+    ],
+)
+def test_misspelled_enum_on_an_action_path_is_one_line(action, override, message):
+    with pytest.raises(UserError, match=message) as info:
+        load_spec(None, [override, "evaluate.checkpoint=best"], action=action)
+    assert "\n" not in str(info.value)
 
 
 def test_all_errors_reported_together():
@@ -101,6 +150,29 @@ def test_all_errors_reported_together():
 def test_yaml_syntax_error_gives_the_line(tmp_path):
     path = write(tmp_path, "train:\n  num_epochs: 3\n  optim: [lr: 1\n")
     with pytest.raises(UserError, match=r"spec.yaml:\d+:\d+: YAML syntax error"):
+        load_spec(path)
+
+
+def test_duplicate_key_is_refused_with_its_line(tmp_path):
+    path = write(tmp_path, "train:\n  num_epochs: 3\n  optim:\n    lr: 0.001\n  num_epochs: 30\n")
+    with pytest.raises(UserError, match=r"spec.yaml:5:3: YAML syntax error: duplicate key 'num_epochs' \(first at line 2\)"):
+        load_spec(path)
+
+
+def test_a_merge_key_may_be_overridden(tmp_path):
+    text = "train:\n  optim: &base\n    lr: 0.001\n    gamma: 0.2\nevaluate:\n  num_gpus: 1\nquantize:\n  backend_kwargs:\n    <<: *base\n    lr: 0.002\n"
+    assert load_spec(write(tmp_path, text)).quantize.backend_kwargs == {"lr": 0.002, "gamma": 0.2}
+
+
+def test_spec_path_that_is_a_directory(tmp_path):
+    with pytest.raises(UserError, match=rf"^{tmp_path}: cannot read the spec file \(Is a directory\); expected a YAML file$"):
+        load_spec(tmp_path)
+
+
+def test_spec_that_is_not_utf8(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("model_name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(UserError, match=r"latin1.yaml: byte 15 is not UTF-8 \(invalid continuation byte\); save the spec as UTF-8 text"):
         load_spec(path)
 
 
@@ -125,6 +197,12 @@ def test_train_needs_data_paths_for_its_dataset_type(tmp_path):
     assert "dataset.val.type: 'ade' data cannot train or score model.mode 'panoptic'" in text
 
 
+@pytest.mark.parametrize("key", ["model.backbone.pretrained_weights", "train.pretrained_model_path", "train.resume_training_checkpoint_path"])
+def test_train_refuses_starting_weights_that_do_not_exist(tmp_path, key):
+    with pytest.raises(UserError, match=rf"<defaults>: {key}: {tmp_path}/nope.pth does not exist"):
+        load_spec(None, [f"{key}={tmp_path / 'nope.pth'}"], action="train")
+
+
 def test_semantic_ade_split_needs_root_dir_only(tmp_path):
     (tmp_path / "ade").mkdir()
     (tmp_path / "labels.json").write_text("[]")
@@ -141,9 +219,9 @@ def test_actions_need_their_checkpoint(action, key):
         load_spec(None, action=action)
 
 
-def test_reference_missing_marker_counts_as_unset():
+def test_tao_missing_marker_counts_as_unset():
     with pytest.raises(UserError, match="export.checkpoint: required for export"):
-        load_spec(REFERENCE / "spec_template_export.yaml", action="export")
+        load_spec(TAO_SPECS / "spec_export.yaml", action="export")
 
 
 def test_named_swin_fixes_the_architecture_and_conflicts_are_refused(tmp_path):
@@ -192,3 +270,22 @@ def test_on_and_off_stay_words(tmp_path):
 def test_bundled_experiment_specs_load(name):
     spec = load_spec(Path(__file__).resolve().parents[2] / "experiments" / name)
     assert spec.model.sem_seg_head.num_classes > 0
+
+
+@pytest.mark.parametrize("action", ["train", "export"])
+def test_results_dir_that_is_a_file_or_under_one(tmp_path, action):
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(UserError, match=rf"^<defaults>: results_dir: {tmp_path}/afile is a file; expected a folder"):
+        load_spec(None, [f"results_dir={tmp_path / 'afile'}", "export.checkpoint=best"], action=action)
+    with pytest.raises(UserError, match=rf"^<defaults>: results_dir: {tmp_path}/afile/run is under the file {tmp_path}/afile; expected a folder"):
+        load_spec(None, [f"results_dir={tmp_path / 'afile' / 'run'}", "export.checkpoint=best"], action=action)
+    with pytest.raises(UserError, match=rf"^<defaults>: {action}.results_dir: {tmp_path}/afile is a file"):
+        load_spec(None, [f"results_dir={tmp_path}", f"{action}.results_dir={tmp_path / 'afile'}", "export.checkpoint=best"], action=action)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_results_dir_is_refused_before_any_work(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    with pytest.raises(UserError, match=rf"^<defaults>: results_dir: {locked} is not writable; expected a folder this user can write in$"):
+        load_spec(None, [f"results_dir={locked / 'run'}", "export.checkpoint=best"], action="export")
