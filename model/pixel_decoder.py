@@ -43,11 +43,10 @@ class DeformableEncoderLayer(nn.Module):
         src: torch.Tensor,
         pos: torch.Tensor,
         reference_points: torch.Tensor,
-        spatial_shapes: torch.Tensor,
-        level_start_index: torch.Tensor,
+        spatial_shapes: Sequence[tuple[int, int]],
     ) -> torch.Tensor:
-        """src, pos: (B, S, d_model); reference_points: (B, S, L, 2) -> (B, S, d_model)."""
-        src = self.norm1(src + self.dropout1(self.self_attn(src + pos, reference_points, src, spatial_shapes, level_start_index)))
+        """src, pos: (B, S, d_model); reference_points: (B, S, L, 2); (H_l, W_l) per level -> (B, S, d_model)."""
+        src = self.norm1(src + self.dropout1(self.self_attn(src + pos, reference_points, src, spatial_shapes)))
         return self.norm2(src + self.dropout3(self.linear2(self.dropout2(F.relu(self.linear1(src))))))
 
 
@@ -88,12 +87,10 @@ class DeformableEncoder(nn.Module):
         shapes = [tuple(src.shape[-2:]) for src in srcs]
         src_flat = torch.cat([src.flatten(2).transpose(1, 2) for src in srcs], 1)
         pos_flat = torch.cat([pos.flatten(2).transpose(1, 2) + self.level_embed[lvl].view(1, 1, -1) for lvl, pos in enumerate(pos_embeds)], 1)
-        spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=src_flat.device)
-        level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
         reference_points = self.reference_points(shapes, src_flat.shape[0], src_flat.device)
         out = src_flat
         for layer in self.layers:
-            out = layer(out, pos_flat, reference_points, spatial_shapes, level_start_index)
+            out = layer(out, pos_flat, reference_points, shapes)
         return out, shapes
 
 
