@@ -73,13 +73,17 @@ class SetCriterion(nn.Module):
         """
         sets = [outputs] + (list(outputs.get("aux_outputs", [])) if self.deep_supervision else [])
         indices = self.matcher.match_all(sets, targets)
-        num_masks = self._num_masks(targets, outputs["pred_logits"].device)
+        device = outputs["pred_logits"].device
+        num_masks = self._num_masks(targets, device)
+        # every image's targets in one tensor, addressed by a global target index
+        all_labels = torch.cat([t["labels"] for t in targets]).to(device)
+        all_masks = torch.cat([t["masks"] for t in targets]).to(device)
         losses = {}
-        for i, (predictions, set_indices) in enumerate(zip(sets, indices)):
+        for i, (predictions, (image, query, target)) in enumerate(zip(sets, _matches_on_device(indices, targets, device))):
             suffix = "" if i == 0 else f"_{i - 1}"
-            losses[f"loss_ce{suffix}"] = self.loss_labels(predictions["pred_logits"], targets, set_indices)
+            losses[f"loss_ce{suffix}"] = self.loss_labels(predictions["pred_logits"], image, query, all_labels[target])
             losses[f"loss_mask{suffix}"], losses[f"loss_dice{suffix}"] = self.loss_masks(
-                predictions["pred_masks"], targets, set_indices, num_masks
+                predictions["pred_masks"], image, query, all_masks[target], num_masks
             )
         return losses
 
@@ -87,33 +91,27 @@ class SetCriterion(nn.Module):
         """The training loss: the sum of `losses` times their weights."""
         return sum(self.weight_dict[_AUX_SUFFIX.sub("", name)] * value for name, value in losses.items())
 
-    def loss_labels(self, logits: torch.Tensor, targets: Sequence[dict[str, torch.Tensor]], indices: Indices) -> torch.Tensor:
-        """Cross-entropy of logits (B, Q, K+1) against the matched labels, no-object elsewhere."""
+    def loss_labels(self, logits: torch.Tensor, image: torch.Tensor, query: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of logits (B, Q, K+1) against the labels (M,) of the matched (image, query)
+        pairs (M,) each, no-object elsewhere."""
         target_classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device)
-        batch, query = _matched_queries(indices)
-        target_classes[batch, query] = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices)]).to(logits.device)
+        target_classes[image, query] = labels
         return F.cross_entropy(logits.float().transpose(1, 2), target_classes, self.empty_weight)
 
     def loss_masks(
-        self, masks: torch.Tensor, targets: Sequence[dict[str, torch.Tensor]], indices: Indices, num_masks: torch.Tensor | float
+        self, masks: torch.Tensor, image: torch.Tensor, query: torch.Tensor, target_masks: torch.Tensor, num_masks: torch.Tensor | float
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sigmoid BCE and dice of the matched masks (B, Q, h, w), each summed over masks / num_masks."""
-        batch, query = _matched_queries(indices)
-        if len(batch) == 0:
+        """Sigmoid BCE and dice of the matched masks (B, Q, h, w)[image, query] against target_masks
+        (M, H, W), each summed over masks / num_masks."""
+        if len(image) == 0:
             zero = masks.sum() * 0.0  # keeps the masks in the graph
             return zero, zero
-        matched = masks[batch, query].float()[:, None]  # (M, 1, h, w)
+        matched = masks[image, query].float()[:, None]  # (M, 1, h, w)
         with torch.no_grad():
             coords = uncertain_point_coords(
                 matched, calculate_uncertainty, self.num_points, self.oversample_ratio, self.importance_sample_ratio
             )  # (M, P, 2)
-            labels = torch.cat(
-                [
-                    point_sample(t["masks"][j].to(masks.device, torch.float32)[:, None], image_coords)[:, 0]
-                    for t, (_, j), image_coords in zip(targets, indices, coords.split([len(j) for _, j in indices]))
-                    if len(j)
-                ]
-            )  # (M, P): each target mask at the points of its matched prediction
+            labels = point_sample(target_masks[:, None].float(), coords)[:, 0]  # (M, P): each target at its prediction's points
         logits = point_sample(matched, coords)[:, 0]  # (M, P)
         return sigmoid_bce_loss(logits, labels, num_masks), dice_loss(logits, labels, num_masks)
 
@@ -138,8 +136,17 @@ def dice_loss(logits: torch.Tensor, labels: torch.Tensor, num_masks: torch.Tenso
     return (1 - dice).sum() / num_masks
 
 
-def _matched_queries(indices: Indices) -> tuple[torch.Tensor, torch.Tensor]:
-    """(image index, query index) of every matched query, images in order."""
-    batch = torch.cat([torch.full_like(queries, i) for i, (queries, _) in enumerate(indices)])
-    query = torch.cat([queries for queries, _ in indices])
-    return batch, query
+def _matches_on_device(
+    indices: Sequence[Indices], targets: Sequence[dict[str, torch.Tensor]], device: torch.device
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Per prediction set, (image, query, target) index tensors (M,) of its matched pairs on `device`,
+    the target index global over the batch's concatenated targets; one host-to-device copy for all."""
+    offsets = torch.tensor([0] + [len(t["labels"]) for t in targets]).cumsum(0)
+    per_set = [
+        torch.cat([torch.stack([torch.full_like(q, b), q, j + offsets[b]]) for b, (q, j) in enumerate(set_indices)], 1)
+        for set_indices in indices
+    ]
+    counts = [m.shape[1] for m in per_set]
+    moved = torch.cat(per_set, 1)
+    moved = moved.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else moved.to(device)
+    return [tuple(m) for m in moved.split(counts, 1)]
