@@ -147,9 +147,11 @@ def _free(device: torch.device) -> None:
 
 
 def make_step(
-    impl: str, case: str, precision: str, config: dict, images: torch.Tensor, targets: list[dict], lr: float
+    impl: str, case: str, precision: str, config: dict, images: torch.Tensor, targets: list[dict], lr: float, compile_model: bool = False
 ) -> tuple[Callable[[], torch.Tensor | None], int]:
-    """The step to time (it returns the detached loss, None for inference) and the network's parameter count."""
+    """The step to time (it returns the detached loss, None for inference) and the network's parameter count.
+    bf16 training runs under autocast; bf16 inference casts the weights and images once.
+    `compile_model` wraps the network (not the loss) in torch.compile's default mode."""
     device = images.device
     torch.manual_seed(0)
     if impl == "ours":
@@ -164,14 +166,20 @@ def make_step(
 
     if case == "infer":
         model.eval()
+        if precision == "bf16":  # weights cast once rather than by autocast at every op
+            model, images = model.to(torch.bfloat16), images.to(torch.bfloat16)
+        if compile_model:
+            model = torch.compile(model)
 
         def step() -> None:
-            with torch.inference_mode(), _autocast(device, precision):
+            with torch.inference_mode():
                 model(images) if impl == "ours" else model(pixel_values=images)
 
         return step, num_params
 
     model.train()
+    if compile_model:
+        model = torch.compile(model)
     # the same optimiser for both: one fused kernel on CUDA (the platform trains with it)
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.05, fused=device.type == "cuda"
@@ -250,13 +258,17 @@ def run_case(impl: str, case: str, precision: str, args: argparse.Namespace, con
         g = torch.Generator().manual_seed(1)
         images = torch.randn(batch, 3, *size, generator=g).to(device)
         targets = synthetic_targets(batch, size, args.num_masks, len(config["id2label"]), device) if case == "train" else []
-        step, row["num_params"] = make_step(impl, case, precision, config, images, targets, args.lr)
+        step, row["num_params"] = make_step(impl, case, precision, config, images, targets, args.lr, args.compile)
         step = _with_precision(step, precision)
         if device.type == "cuda":
             row["model_mem_mib"] = torch.cuda.memory_allocated(device) / 2**20
         loss = None
-        for _ in range(args.warmup):
+        for i in range(args.warmup):
+            t0 = time.perf_counter()
             loss = step()
+            if i == 0:  # compilation, autotuning and cuDNN plans happen here
+                _sync(device)
+                row["first_step_s"] = time.perf_counter() - t0
         times, started = [], time.perf_counter()
         while len(times) < args.steps:
             _sync(device)
@@ -396,6 +408,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--only", choices=IMPLS, default=None, help="benchmark one implementation only")
     p.add_argument("--tiny", action="store_true", help="a tiny network (CPU smoke run)")
     p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate")
+    p.add_argument("--compile", action="store_true", help="torch.compile both networks (default mode); first_step_s includes the compile time")
     p.add_argument("--profile", action="store_true", help="also profile each case: kernel launches, GPU-busy ms, top kernels")
     p.add_argument("--profile-steps", type=int, default=3, help="steps recorded by --profile")
     p.add_argument("--case-budget-s", type=float, default=15.0, help="stop timing a case after this many seconds (at least 3 steps are timed)")

@@ -44,11 +44,13 @@ def ms_deform_attn_reference(
         attention_weights: (B, Lq, heads, L, P), normalised over L * P by the caller.
 
     Returns:
-        (B, Lq, heads * head_dim)
+        (B, Lq, heads * head_dim) in value's dtype.
     """
     batch, _, heads, head_dim = value.shape
     _, num_queries, _, levels, points, _ = sampling_locations.shape
-    value_per_level = value.split([h * w for h, w in spatial_shapes], dim=1)
+    # bfloat16 values with float32 locations (a bf16-cast model) sample in float32: grid_sample takes one dtype
+    dtype = torch.promote_types(value.dtype, sampling_locations.dtype)
+    value_per_level = value.to(dtype).split([h * w for h, w in spatial_shapes], dim=1)
     # grid_sample wants coordinates in [-1, 1] with align_corners=False matching the [0, 1] convention above.
     grids = 2 * sampling_locations - 1
     sampled = []
@@ -62,7 +64,7 @@ def ms_deform_attn_reference(
     # (B, Lq, heads, L, P) -> (B*heads, 1, Lq, L*P)
     weights = attention_weights.transpose(1, 2).reshape(batch * heads, 1, num_queries, levels * points)
     output = (torch.stack(sampled, dim=-2).flatten(-2) * weights).sum(-1)  # (B*heads, D, Lq)
-    return output.view(batch, heads * head_dim, num_queries).transpose(1, 2).contiguous()
+    return output.view(batch, heads * head_dim, num_queries).transpose(1, 2).to(value.dtype).contiguous()
 
 
 def uses_fused_kernel(value: torch.Tensor) -> bool:
