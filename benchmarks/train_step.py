@@ -146,12 +146,28 @@ def _free(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+def graphed(step: Callable[[], None], device: torch.device) -> Callable[[], None]:
+    """`step` captured as one CUDA graph (after warm-up runs on a side stream, as capture needs) and replayed."""
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph.replay
+
+
 def make_step(
-    impl: str, case: str, precision: str, config: dict, images: torch.Tensor, targets: list[dict], lr: float, compile_model: bool = False
+    impl: str, case: str, precision: str, config: dict, images: torch.Tensor, targets: list[dict], lr: float,
+    compile_model: bool = False, cuda_graph: bool = False,
 ) -> tuple[Callable[[], torch.Tensor | None], int]:
     """The step to time (it returns the detached loss, None for inference) and the network's parameter count.
     bf16 training runs under autocast; bf16 inference casts the weights and images once.
-    `compile_model` wraps the network (not the loss) in torch.compile's default mode."""
+    `compile_model` wraps the network (not the loss) in torch.compile's default mode; `cuda_graph`
+    captures our inference step once and replays it (a fixed input size: no per-kernel launch cost)."""
     device = images.device
     torch.manual_seed(0)
     if impl == "ours":
@@ -175,6 +191,8 @@ def make_step(
             with torch.inference_mode():
                 model(images) if impl == "ours" else model(pixel_values=images)
 
+        if cuda_graph and impl == "ours":
+            return graphed(step, device), num_params
         return step, num_params
 
     model.train()
@@ -258,7 +276,7 @@ def run_case(impl: str, case: str, precision: str, args: argparse.Namespace, con
         g = torch.Generator().manual_seed(1)
         images = torch.randn(batch, 3, *size, generator=g).to(device)
         targets = synthetic_targets(batch, size, args.num_masks, len(config["id2label"]), device) if case == "train" else []
-        step, row["num_params"] = make_step(impl, case, precision, config, images, targets, args.lr, args.compile)
+        step, row["num_params"] = make_step(impl, case, precision, config, images, targets, args.lr, args.compile, args.cuda_graph)
         step = _with_precision(step, precision)
         if device.type == "cuda":
             row["model_mem_mib"] = torch.cuda.memory_allocated(device) / 2**20
@@ -409,6 +427,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--tiny", action="store_true", help="a tiny network (CPU smoke run)")
     p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate")
     p.add_argument("--compile", action="store_true", help="torch.compile both networks (default mode); first_step_s includes the compile time")
+    p.add_argument("--cuda-graph", action="store_true", help="capture our inference step as a CUDA graph and time its replays")
     p.add_argument("--profile", action="store_true", help="also profile each case: kernel launches, GPU-busy ms, top kernels")
     p.add_argument("--profile-steps", type=int, default=3, help="steps recorded by --profile")
     p.add_argument("--case-budget-s", type=float, default=15.0, help="stop timing a case after this many seconds (at least 3 steps are timed)")
