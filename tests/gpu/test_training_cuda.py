@@ -48,7 +48,7 @@ def train_losses(fused: bool, monkeypatch) -> list[float]:
         class_weight=mf.class_weight, mask_weight=mf.mask_weight, dice_weight=mf.dice_weight, no_object_weight=mf.no_object_weight,
         num_points=mf.train_num_points,
     ).cuda()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05, fused=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
     data = torch.Generator().manual_seed(1)
     losses = []
     for _ in range(STEPS):
