@@ -237,7 +237,10 @@ def profile_steps(step: Callable[[], Any], device: torch.device, steps: int, top
             step()
         _sync(device)
         wall = time.perf_counter() - t0
-    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    # device events less the GPU-side ranges of annotations such as Optimizer.step (not work themselves)
+    kernels = [
+        e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA and not getattr(e, "is_user_annotation", False)
+    ]
     intervals = sorted((e.time_range.start, e.time_range.end) for e in kernels)
     busy_us, end = 0.0, float("-inf")
     for start, stop in intervals:
