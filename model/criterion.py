@@ -66,7 +66,8 @@ class SetCriterion(nn.Module):
             outputs: "pred_logits" (B, Q, K+1), "pred_masks" (B, Q, h, w) and "aux_outputs", a list
                 of dicts of the two (the earlier decoder layers' predictions).
             targets: B dicts of "labels" (N_i,) int64 in 0..K-1 and "masks" (N_i, H, W) bool/uint8
-                over the padded input (any resolution: masks are compared at normalised points).
+                over the padded input, one H, W for the batch (the loader pads them like the images;
+                any resolution: masks are compared at normalised points).
 
         Returns {loss_ce, loss_mask, loss_dice} of the final prediction and the same keys with
         suffix _0, _1, ... for the auxiliary ones.

@@ -99,3 +99,16 @@ def test_cpu_tensors_take_the_reference_path(dtype, monkeypatch):
     torch.testing.assert_close(
         ms_deform_attn(value, [(2, 3)], locations, weights), ms_deform_attn_reference(value, [(2, 3)], locations, weights)
     )
+
+
+def test_bfloat16_values_with_float32_locations_sample_in_float32():
+    torch.manual_seed(0)
+    shapes = [(4, 6), (2, 3)]
+    value = torch.randn(2, 30, 2, 4).bfloat16()
+    locations = torch.rand(2, 5, 2, 2, 3, 2)
+    weights = torch.rand(2, 5, 2, 2, 3)
+
+    out = ms_deform_attn_reference(value, shapes, locations, weights)
+
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, ms_deform_attn_reference(value.float(), shapes, locations, weights).bfloat16())
