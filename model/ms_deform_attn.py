@@ -3,23 +3,18 @@
 Each query looks at a few learned sampling points around its reference point on every feature
 level and takes their softmax-weighted sum. `ms_deform_attn_reference` is the sampling written
 with `grid_sample` in plain PyTorch (it runs on any device, exports to ONNX and is the
-definition); `ms_deform_attn` runs the fused Triton kernel of `model.ms_deform_attn_triton`
+definition); `ms_deform_attn` runs the Triton kernel of `model.ms_deform_attn_triton`
 on CUDA tensors it supports and the reference everywhere else. `MSDeformAttn` is the
 attention module around it.
 """
 
 import functools
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-try:  # Triton ships with PyTorch's CUDA wheels; without it every call takes the reference path
-    from model.ms_deform_attn_triton import ms_deform_attn_triton
-except ImportError:
-    ms_deform_attn_triton = None
 
 FUSED_DTYPES = (torch.float32, torch.bfloat16)  # value dtypes the Triton kernel is tested for
 
@@ -67,15 +62,26 @@ def ms_deform_attn_reference(
     return output.view(batch, heads * head_dim, num_queries).transpose(1, 2).to(value.dtype).contiguous()
 
 
+@functools.cache
+def fused_kernel() -> Callable[..., torch.Tensor] | None:
+    """`model.ms_deform_attn_triton.ms_deform_attn_triton`, imported at the first CUDA call (a CPU
+    process never loads Triton); None where Triton is missing (it ships with PyTorch's CUDA wheels)."""
+    try:
+        from model.ms_deform_attn_triton import ms_deform_attn_triton
+    except ImportError:
+        return None
+    return ms_deform_attn_triton
+
+
 def uses_fused_kernel(value: torch.Tensor) -> bool:
     """Whether `ms_deform_attn` runs the Triton kernel for this value tensor: float32 or bfloat16 on
-    CUDA, outside tracing and ONNX export (those record the reference)."""
+    CUDA, outside tracing and ONNX export (those record the reference), Triton installed."""
     return (
-        ms_deform_attn_triton is not None
-        and value.is_cuda
+        value.is_cuda
         and value.dtype in FUSED_DTYPES
         and not torch.jit.is_tracing()
         and not torch.onnx.is_in_onnx_export()
+        and fused_kernel() is not None
     )
 
 
@@ -91,7 +97,7 @@ def ms_deform_attn(
     is off by a fraction of a pixel on a large map) and accumulates in float32.
     """
     if uses_fused_kernel(value):
-        return ms_deform_attn_triton(value, spatial_shapes, sampling_locations.float(), attention_weights.float())
+        return fused_kernel()(value, spatial_shapes, sampling_locations.float(), attention_weights.float())
     return ms_deform_attn_reference(value, spatial_shapes, sampling_locations, attention_weights)
 
 
