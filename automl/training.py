@@ -228,6 +228,7 @@ def seed_everything(spec: DictConfig) -> None:
     pl.seed_everything(spec.train.seed if spec.train.seed >= 0 else None, workers=True, verbose=False)
     torch.backends.cudnn.benchmark = spec.train.cudnn.benchmark
     torch.backends.cudnn.deterministic = spec.train.cudnn.deterministic
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = spec.train.allow_tf32
 
 
 def run_training(

@@ -3,19 +3,24 @@
 Both networks are built at random initialisation from one architecture (Swin-T, 133 classes,
 100 queries by default) written in Hugging Face's config vocabulary; ours is derived from it by
 the project's own converter (`model.convert.hf`), so the two cannot drift apart. For each
-precision (fp32, bf16-mixed) it times, side by side in one process:
+precision it times, side by side in one process (fp32: strict float32, TF32 off for matmuls and
+cuDNN; tf32: float32 with TF32 allowed for both; bf16: autocast bfloat16, PyTorch's default
+TF32 settings):
 
     train: forward + loss + backward + AdamW step on synthetic targets (ours: SetCriterion;
            transformers: the loss it computes from mask_labels/class_labels);
     infer: forward in eval mode under torch.inference_mode.
 
 It prints one table row per (impl, precision, case) with the median step time, images/s,
-peak memory and the ours/HF ratios, and writes every number to JSON. A case that fails
+peak memory and the ours/HF ratios, and writes every number to JSON. With --profile each case
+also runs a few steps under torch.profiler and records the CUDA kernel launches per step, the
+GPU-busy milliseconds per step (the union of kernel and copy intervals) and the top kernels. A case that fails
 (e.g. out of memory) is recorded with its error and the run goes on. Nothing is asserted
 about speed: machines are noisy, so compare the ratios of one run.
 
     python benchmarks/train_step.py                      # H100 defaults: 1024x1024 x2, 800x1216 x1
     python benchmarks/train_step.py --device cpu --tiny --size 64 --infer-size 64 96 --steps 1 --warmup 1
+    python benchmarks/train_step.py --only ours --precision bf16 --cases train --profile
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ from model.criterion import SetCriterion  # noqa: E402
 from model.matcher import HungarianMatcher  # noqa: E402
 
 IMPLS = ("ours", "hf")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "tf32", "bf16")
 CASES = ("train", "infer")
 SWIN_STAGES = ["stage1", "stage2", "stage3", "stage4"]
 
@@ -118,6 +123,18 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
     return contextlib.nullcontext()
 
 
+@contextlib.contextmanager
+def _tf32(precision: str):
+    """TF32 off (fp32), on (tf32) or PyTorch's defaults (bf16) for the case, restored afterwards."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    if precision in ("fp32", "tf32"):
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -129,10 +146,28 @@ def _free(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+def graphed(step: Callable[[], None], device: torch.device) -> Callable[[], None]:
+    """`step` captured as one CUDA graph (after warm-up runs on a side stream, as capture needs) and replayed."""
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph.replay
+
+
 def make_step(
-    impl: str, case: str, precision: str, config: dict, images: torch.Tensor, targets: list[dict], lr: float
+    impl: str, case: str, precision: str, config: dict, images: torch.Tensor, targets: list[dict], lr: float,
+    compile_model: bool = False, cuda_graph: bool = False,
 ) -> tuple[Callable[[], torch.Tensor | None], int]:
-    """The step to time (it returns the detached loss, None for inference) and the network's parameter count."""
+    """The step to time (it returns the detached loss, None for inference) and the network's parameter count.
+    bf16 training runs under autocast; bf16 inference casts the weights and images once.
+    `compile_model` wraps the network (not the loss) in torch.compile's default mode; `cuda_graph`
+    captures our inference step once and replays it (a fixed input size: no per-kernel launch cost)."""
     device = images.device
     torch.manual_seed(0)
     if impl == "ours":
@@ -147,14 +182,23 @@ def make_step(
 
     if case == "infer":
         model.eval()
+        if precision == "bf16":  # weights cast once rather than by autocast at every op
+            model, images = model.to(torch.bfloat16), images.to(torch.bfloat16)
+        if compile_model:
+            model = torch.compile(model)
 
         def step() -> None:
-            with torch.inference_mode(), _autocast(device, precision):
+            with torch.inference_mode():
                 model(images) if impl == "ours" else model(pixel_values=images)
 
+        if cuda_graph and impl == "ours":
+            return graphed(step, device), num_params
         return step, num_params
 
     model.train()
+    if compile_model:
+        model = torch.compile(model)
+    # the same optimiser for both, as the platform trains (PyTorch's default foreach update)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.05)
 
     def step() -> torch.Tensor:
@@ -171,6 +215,57 @@ def make_step(
     return step, num_params
 
 
+def _with_precision(step: Callable[[], torch.Tensor | None], precision: str) -> Callable[[], torch.Tensor | None]:
+    def wrapped() -> torch.Tensor | None:
+        with _tf32(precision):
+            return step()
+
+    return wrapped
+
+
+def profile_steps(step: Callable[[], Any], device: torch.device, steps: int, top: int = 12) -> dict[str, Any]:
+    """Run `steps` steps under torch.profiler: per step, the device kernels launched, the copy
+    kernels/memcpys among them, the GPU-busy ms (union of their intervals: gaps are the GPU
+    waiting for the host), the wall ms, and the `top` kernels by device time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    _sync(device)
+    with profile(activities=activities) as prof:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        _sync(device)
+        wall = time.perf_counter() - t0
+    # device events less the GPU-side ranges of annotations such as Optimizer.step (not work themselves)
+    kernels = [
+        e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA and not getattr(e, "is_user_annotation", False)
+    ]
+    intervals = sorted((e.time_range.start, e.time_range.end) for e in kernels)
+    busy_us, end = 0.0, float("-inf")
+    for start, stop in intervals:
+        if stop > end:
+            busy_us += stop - max(start, end)
+            end = stop
+    per_name: dict[str, list[float]] = {}
+    for e in kernels:
+        entry = per_name.setdefault(e.name, [0, 0.0])
+        entry[0] += 1
+        entry[1] += e.time_range.elapsed_us()
+    is_copy = ("copy", "Memcpy", "Memset", "fill")
+    return {
+        "steps": steps,
+        "wall_ms_per_step": wall * 1e3 / steps,
+        "kernels_per_step": len(kernels) / steps,
+        "copy_kernels_per_step": sum(n for name, (n, _) in per_name.items() if any(k in name for k in is_copy)) / steps,
+        "gpu_busy_ms_per_step": busy_us / 1e3 / steps,
+        "top_kernels": [
+            {"name": name[:160], "calls_per_step": n / steps, "ms_per_step": us / 1e3 / steps}
+            for name, (n, us) in sorted(per_name.items(), key=lambda kv: -kv[1][1])[:top]
+        ],
+    }
+
+
 def run_case(impl: str, case: str, precision: str, args: argparse.Namespace, config: dict, device: torch.device) -> dict[str, Any]:
     """Warm up, then time `args.steps` steps of one case; errors are recorded, not raised."""
     batch, size = (args.batch, (args.size, args.size)) if case == "train" else (1, tuple(args.infer_size))
@@ -182,12 +277,17 @@ def run_case(impl: str, case: str, precision: str, args: argparse.Namespace, con
         g = torch.Generator().manual_seed(1)
         images = torch.randn(batch, 3, *size, generator=g).to(device)
         targets = synthetic_targets(batch, size, args.num_masks, len(config["id2label"]), device) if case == "train" else []
-        step, row["num_params"] = make_step(impl, case, precision, config, images, targets, args.lr)
+        step, row["num_params"] = make_step(impl, case, precision, config, images, targets, args.lr, args.compile, args.cuda_graph)
+        step = _with_precision(step, precision)
         if device.type == "cuda":
             row["model_mem_mib"] = torch.cuda.memory_allocated(device) / 2**20
         loss = None
-        for _ in range(args.warmup):
+        for i in range(args.warmup):
+            t0 = time.perf_counter()
             loss = step()
+            if i == 0:  # compilation, autotuning and cuDNN plans happen here
+                _sync(device)
+                row["first_step_s"] = time.perf_counter() - t0
         times, started = [], time.perf_counter()
         while len(times) < args.steps:
             _sync(device)
@@ -198,6 +298,8 @@ def run_case(impl: str, case: str, precision: str, args: argparse.Namespace, con
             if time.perf_counter() - started > args.case_budget_s and len(times) >= min(3, args.steps):
                 break  # keep the whole run inside its time limit; steps_timed says how many
         loss = float(loss) if loss is not None else float("nan")
+        if args.profile:
+            row["profile"] = profile_steps(step, device, args.profile_steps)
     except Exception as exc:  # an OOM or an unsupported op in one case must not end the run
         row.update(status="error", error=f"{type(exc).__name__}: {str(exc).strip()[:1000]}", traceback=traceback.format_exc(limit=8)[-3000:])
     else:
@@ -295,6 +397,21 @@ def print_table(rows: Sequence[dict], ratio_rows: Sequence[dict]) -> None:
     Console(width=160).print(table)
 
 
+def print_profiles(rows: Sequence[dict]) -> None:
+    """Per profiled case: launches, copies, GPU-busy vs wall ms per step and the top kernels."""
+    for r in rows:
+        prof = r.get("profile")
+        if not prof:
+            continue
+        print(
+            f"\n{r['impl']} {r['precision']} {r['case']}: {prof['kernels_per_step']:.0f} kernels/step "
+            f"({prof['copy_kernels_per_step']:.0f} copies), GPU busy {prof['gpu_busy_ms_per_step']:.1f} of "
+            f"{prof['wall_ms_per_step']:.1f} ms"
+        )
+        for k in prof["top_kernels"][:8]:
+            print(f"  {k['ms_per_step']:7.2f} ms {k['calls_per_step']:6.0f}x  {k['name'][:100]}")
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--device", default="cuda", help="cuda or cpu")
@@ -310,6 +427,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--only", choices=IMPLS, default=None, help="benchmark one implementation only")
     p.add_argument("--tiny", action="store_true", help="a tiny network (CPU smoke run)")
     p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate")
+    p.add_argument("--compile", action="store_true", help="torch.compile both networks (default mode); first_step_s includes the compile time")
+    p.add_argument("--cuda-graph", action="store_true", help="capture our inference step as a CUDA graph and time its replays")
+    p.add_argument("--profile", action="store_true", help="also profile each case: kernel launches, GPU-busy ms, top kernels")
+    p.add_argument("--profile-steps", type=int, default=3, help="steps recorded by --profile")
     p.add_argument("--case-budget-s", type=float, default=15.0, help="stop timing a case after this many seconds (at least 3 steps are timed)")
     p.add_argument("--out", default=str(ROOT / "results" / "benchmark_train_step.json"), help="JSON file to write")
     args = p.parse_args(argv)
@@ -345,6 +466,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "ratios": ratio_rows,
     }
     print_table(rows, ratio_rows)
+    print_profiles(rows)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

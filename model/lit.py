@@ -124,6 +124,8 @@ class Mask2FormerModule(pl.LightningModule):
         self.validation_metrics = metrics
 
     def configure_optimizers(self) -> dict:
+        # PyTorch's default multi-tensor (foreach) update: Lightning refuses to clip gradients
+        # under mixed precision for fused=True, which unscales them itself.
         optimizer = torch.optim.AdamW(self.parameter_groups(), lr=self.lr, weight_decay=self.weight_decay)
         total = int(self.trainer.estimated_stepping_batches)
         steps_per_epoch = max(total // max(self.num_epochs, 1), 1)

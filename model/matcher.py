@@ -70,7 +70,11 @@ class HungarianMatcher(nn.Module):
         with torch.autocast(device.type, enabled=False):
             coords = torch.rand(batch_size, self.num_points, 2, device=device)
             labels, target_points = self._padded_targets(targets, coords)
-            costs = torch.stack([self._cost(p["pred_logits"], p["pred_masks"], labels, target_points, coords) for p in prediction_sets])
+            # every set's queries side by side, (B, S*Q, ...): one cost computation for all sets
+            logits = torch.cat([p["pred_logits"].float() for p in prediction_sets], 1)
+            points = torch.cat([point_sample(p["pred_masks"].float(), coords) for p in prediction_sets], 1)
+            costs = self._cost(logits, points, labels, target_points)
+        costs = costs.view(batch_size, len(prediction_sets), masks.shape[1], costs.shape[-1]).transpose(0, 1)
         costs = costs.nan_to_num(BAD_COST, BAD_COST, -BAD_COST).cpu()  # (S, B, Q, max N_i): the one sync
         return [[_assign(cost[i, :, : sizes[i]]) for i in range(batch_size)] for cost in costs]
 
@@ -88,14 +92,11 @@ class HungarianMatcher(nn.Module):
                 points[i, :count] = point_sample(target["masks"].to(device, torch.float32)[None], coords[i : i + 1])[0]
         return labels, points
 
-    def _cost(
-        self, logits: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor, target_points: torch.Tensor, coords: torch.Tensor
-    ) -> torch.Tensor:
-        """(B, Q, N) costs of one set from logits (B, Q, K+1), masks (B, Q, h, w), labels (B, N), targets (B, N, P)."""
-        prob = logits.float().softmax(-1)
+    def _cost(self, logits: torch.Tensor, x: torch.Tensor, labels: torch.Tensor, target_points: torch.Tensor) -> torch.Tensor:
+        """(B, Q, N) costs from logits (B, Q, K+1), mask logits at the points x (B, Q, P), labels (B, N), targets (B, N, P)."""
+        prob = logits.softmax(-1)
         cost_class = -prob.gather(2, labels[:, None, :].expand(-1, prob.shape[1], -1))
 
-        x = point_sample(masks.float(), coords)  # (B, Q, P) logits at the points
         t = target_points.transpose(1, 2)  # (B, P, N)
         # sigmoid BCE(x, t) = softplus(x) - x t, averaged over the points
         cost_mask = (F.softplus(x).sum(-1, keepdim=True) - x @ t) / x.shape[-1]

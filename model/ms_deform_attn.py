@@ -1,49 +1,55 @@
 """Multi-scale deformable attention (Deformable DETR, Zhu et al. 2021), as the pixel decoder uses it.
 
 Each query looks at a few learned sampling points around its reference point on every feature
-level and takes their softmax-weighted sum. `ms_deform_attn` is the sampling kernel: written
-here with `grid_sample` in plain PyTorch (it runs on any device, exports to ONNX and is the
-reference a faster kernel must match); a fused kernel can replace its body without touching
-the callers. `MSDeformAttn` is the attention module around it.
+level and takes their softmax-weighted sum. `ms_deform_attn_reference` is the sampling written
+with `grid_sample` in plain PyTorch (it runs on any device, exports to ONNX and is the
+definition); `ms_deform_attn` runs the Triton kernel of `model.ms_deform_attn_triton`
+on CUDA tensors it supports and the reference everywhere else. `MSDeformAttn` is the
+attention module around it.
 """
 
+import functools
 import math
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+FUSED_DTYPES = (torch.float32, torch.bfloat16)  # value dtypes the Triton kernel is tested for
 
-def ms_deform_attn(
+
+def ms_deform_attn_reference(
     value: torch.Tensor,
-    spatial_shapes: torch.Tensor,
-    level_start_index: torch.Tensor,
+    spatial_shapes: Sequence[tuple[int, int]],
     sampling_locations: torch.Tensor,
     attention_weights: torch.Tensor,
 ) -> torch.Tensor:
     """Bilinearly sample every level at the given points and sum them with the given weights.
 
+    The `grid_sample` formulation: any device and dtype, exportable to ONNX, and the definition
+    the fused kernel is tested against.
+
     Args:
         value: (B, S, heads, head_dim), the levels flattened row-major one after the other,
             S = sum(H_l * W_l).
-        spatial_shapes: (L, 2) long, (H_l, W_l) of each level.
-        level_start_index: (L,) long, offset of each level in S (used by fused kernels; the
-            pure-PyTorch path splits by `spatial_shapes`).
+        spatial_shapes: (H_l, W_l) of each level, as Python ints.
         sampling_locations: (B, Lq, heads, L, P, 2), (x, y) in [0, 1] relative to each level
             (0 and 1 are the outer edges of the first and last pixel); points outside read zeros.
         attention_weights: (B, Lq, heads, L, P), normalised over L * P by the caller.
 
     Returns:
-        (B, Lq, heads * head_dim)
+        (B, Lq, heads * head_dim) in value's dtype.
     """
     batch, _, heads, head_dim = value.shape
     _, num_queries, _, levels, points, _ = sampling_locations.shape
-    shapes = [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
-    value_per_level = value.split([h * w for h, w in shapes], dim=1)
+    # bfloat16 values with float32 locations (a bf16-cast model) sample in float32: grid_sample takes one dtype
+    dtype = torch.promote_types(value.dtype, sampling_locations.dtype)
+    value_per_level = value.to(dtype).split([h * w for h, w in spatial_shapes], dim=1)
     # grid_sample wants coordinates in [-1, 1] with align_corners=False matching the [0, 1] convention above.
     grids = 2 * sampling_locations - 1
     sampled = []
-    for level, (height, width) in enumerate(shapes):
+    for level, (height, width) in enumerate(spatial_shapes):
         # (B, H*W, heads, D) -> (B*heads, D, H, W)
         value_l = value_per_level[level].flatten(2).transpose(1, 2).reshape(batch * heads, head_dim, height, width)
         # (B, Lq, heads, P, 2) -> (B*heads, Lq, P, 2)
@@ -53,7 +59,52 @@ def ms_deform_attn(
     # (B, Lq, heads, L, P) -> (B*heads, 1, Lq, L*P)
     weights = attention_weights.transpose(1, 2).reshape(batch * heads, 1, num_queries, levels * points)
     output = (torch.stack(sampled, dim=-2).flatten(-2) * weights).sum(-1)  # (B*heads, D, Lq)
-    return output.view(batch, heads * head_dim, num_queries).transpose(1, 2).contiguous()
+    return output.view(batch, heads * head_dim, num_queries).transpose(1, 2).to(value.dtype).contiguous()
+
+
+@functools.cache
+def fused_kernel() -> Callable[..., torch.Tensor] | None:
+    """`model.ms_deform_attn_triton.ms_deform_attn_triton`, imported at the first CUDA call (a CPU
+    process never loads Triton); None where Triton is missing (it ships with PyTorch's CUDA wheels)."""
+    try:
+        from model.ms_deform_attn_triton import ms_deform_attn_triton
+    except ImportError:
+        return None
+    return ms_deform_attn_triton
+
+
+def uses_fused_kernel(value: torch.Tensor) -> bool:
+    """Whether `ms_deform_attn` runs the Triton kernel for this value tensor: float32 or bfloat16 on
+    CUDA, outside tracing and ONNX export (those record the reference), Triton installed."""
+    return (
+        value.is_cuda
+        and value.dtype in FUSED_DTYPES
+        and not torch.jit.is_tracing()
+        and not torch.onnx.is_in_onnx_export()
+        and fused_kernel() is not None
+    )
+
+
+def ms_deform_attn(
+    value: torch.Tensor,
+    spatial_shapes: Sequence[tuple[int, int]],
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> torch.Tensor:
+    """`ms_deform_attn_reference`'s result, from the fused kernel where `uses_fused_kernel` says so.
+
+    The kernel reads locations and weights in float32 whatever their dtype (a bfloat16 location
+    is off by a fraction of a pixel on a large map) and accumulates in float32.
+    """
+    if uses_fused_kernel(value):
+        return fused_kernel()(value, spatial_shapes, sampling_locations.float(), attention_weights.float())
+    return ms_deform_attn_reference(value, spatial_shapes, sampling_locations, attention_weights)
+
+
+@functools.lru_cache(maxsize=64)
+def offset_normalizer(spatial_shapes: tuple[tuple[int, int], ...], device: torch.device) -> torch.Tensor:
+    """(L, 2) float32 (W_l, H_l) on `device`; cached, so a fixed input size copies it to the device once."""
+    return torch.tensor([(width, height) for height, width in spatial_shapes], dtype=torch.float32, device=device)
 
 
 class MSDeformAttn(nn.Module):
@@ -103,16 +154,14 @@ class MSDeformAttn(nn.Module):
         query: torch.Tensor,
         reference_points: torch.Tensor,
         input_flatten: torch.Tensor,
-        spatial_shapes: torch.Tensor,
-        level_start_index: torch.Tensor,
+        spatial_shapes: Sequence[tuple[int, int]],
     ) -> torch.Tensor:
         """
         Args:
             query: (B, Lq, d_model), position embedding already added.
             reference_points: (B, Lq, n_levels, 2), (x, y) in [0, 1] on each level.
             input_flatten: (B, S, d_model), the levels flattened and concatenated.
-            spatial_shapes: (n_levels, 2) long, (H_l, W_l).
-            level_start_index: (n_levels,) long.
+            spatial_shapes: (H_l, W_l) of each level as Python ints (no device-to-host copy per call).
 
         Returns:
             (B, Lq, d_model)
@@ -123,8 +172,8 @@ class MSDeformAttn(nn.Module):
         offsets = self.sampling_offsets(query).view(batch, num_queries, self.n_heads, self.n_levels, self.n_points, 2)
         weights = self.attention_weights(query).view(batch, num_queries, self.n_heads, self.n_levels * self.n_points)
         weights = weights.softmax(-1).view(batch, num_queries, self.n_heads, self.n_levels, self.n_points)
-        # Offsets are in pixels of each level: divide by (W_l, H_l) to get [0, 1] units.
-        normalizer = torch.stack([spatial_shapes[:, 1], spatial_shapes[:, 0]], -1).to(offsets.dtype)
+        # Offsets are in pixels of each level: divide by (W_l, H_l) to get [0, 1] units (float32 locations).
+        normalizer = offset_normalizer(tuple(spatial_shapes), query.device)
         locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
-        output = ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights)
+        output = ms_deform_attn(value, spatial_shapes, locations, weights)
         return self.output_proj(output)

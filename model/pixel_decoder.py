@@ -4,7 +4,8 @@ The coarsest backbone maps (res3..res5 by default) are projected to `conv_dim` c
 refined together by post-norm deformable-attention encoder layers; an FPN then walks the finer
 maps (res2) up to `common_stride`. Outputs: the per-pixel mask features the queries are dotted
 with, and the three coarsest refined maps [1/32, 1/16, 1/8] the transformer decoder attends to.
-It runs in float32 even under autocast, as in the original.
+It runs in its parameters' dtype with autocast off: float32 under mixed precision, as in the
+original, and bfloat16 only when the whole model was cast (inference with bf16 weights).
 """
 
 from typing import Sequence
@@ -43,11 +44,10 @@ class DeformableEncoderLayer(nn.Module):
         src: torch.Tensor,
         pos: torch.Tensor,
         reference_points: torch.Tensor,
-        spatial_shapes: torch.Tensor,
-        level_start_index: torch.Tensor,
+        spatial_shapes: Sequence[tuple[int, int]],
     ) -> torch.Tensor:
-        """src, pos: (B, S, d_model); reference_points: (B, S, L, 2) -> (B, S, d_model)."""
-        src = self.norm1(src + self.dropout1(self.self_attn(src + pos, reference_points, src, spatial_shapes, level_start_index)))
+        """src, pos: (B, S, d_model); reference_points: (B, S, L, 2); (H_l, W_l) per level -> (B, S, d_model)."""
+        src = self.norm1(src + self.dropout1(self.self_attn(src + pos, reference_points, src, spatial_shapes)))
         return self.norm2(src + self.dropout3(self.linear2(self.dropout2(F.relu(self.linear1(src))))))
 
 
@@ -88,12 +88,10 @@ class DeformableEncoder(nn.Module):
         shapes = [tuple(src.shape[-2:]) for src in srcs]
         src_flat = torch.cat([src.flatten(2).transpose(1, 2) for src in srcs], 1)
         pos_flat = torch.cat([pos.flatten(2).transpose(1, 2) + self.level_embed[lvl].view(1, 1, -1) for lvl, pos in enumerate(pos_embeds)], 1)
-        spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=src_flat.device)
-        level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
         reference_points = self.reference_points(shapes, src_flat.shape[0], src_flat.device)
         out = src_flat
         for layer in self.layers:
-            out = layer(out, pos_flat, reference_points, spatial_shapes, level_start_index)
+            out = layer(out, pos_flat, reference_points, shapes)
         return out, shapes
 
 
@@ -172,15 +170,16 @@ class MSDeformAttnPixelDecoder(nn.Module):
             features: backbone maps res2..res5, (B, C_i, H / s_i, W / s_i).
 
         Returns:
-            mask_features: (B, mask_dim, H / common_stride, W / common_stride), float32.
-            multi_scale_features: 3 maps (B, conv_dim, h, w), coarsest first ([1/32, 1/16, 1/8]), float32.
+            mask_features: (B, mask_dim, H / common_stride, W / common_stride), in the parameters' dtype.
+            multi_scale_features: 3 maps (B, conv_dim, h, w), coarsest first ([1/32, 1/16, 1/8]), likewise.
         """
+        dtype = self.mask_features.weight.dtype
         with torch.autocast(device_type=features[0].device.type, enabled=False):
             srcs, pos = [], []
             for proj, i in zip(self.input_proj, reversed(self.encoder_in_features)):
-                x = features[i].float()
+                x = features[i].to(dtype)
                 srcs.append(proj(x))
-                pos.append(self.pe_layer(x))
+                pos.append(self.pe_layer(x).to(dtype))
             memory, shapes = self.transformer(srcs, pos)
             batch = memory.shape[0]
             outs = [
@@ -188,6 +187,6 @@ class MSDeformAttnPixelDecoder(nn.Module):
                 for level, (height, width) in zip(memory.split([h * w for h, w in shapes], dim=1), shapes)
             ]
             for lateral, output, i in zip(self.lateral_convs, self.output_convs, reversed(self.fpn_in_features)):
-                lat = lateral(features[i].float())
+                lat = lateral(features[i].to(dtype))
                 outs.append(output(lat + F.interpolate(outs[-1], size=lat.shape[-2:], mode="bilinear", align_corners=False)))
             return self.mask_features(outs[-1]), outs[: self.num_feature_levels]

@@ -195,7 +195,7 @@ class MaskedAttentionDecoder(nn.Module):
         sizes, memories, positions = [], [], []
         for level, (feature, proj) in enumerate(zip(features, self.input_proj)):
             sizes.append(tuple(feature.shape[-2:]))
-            positions.append(self.pe_layer(feature).flatten(2).transpose(1, 2))  # (B, HW, d)
+            positions.append(self.pe_layer(feature).to(feature.dtype).flatten(2).transpose(1, 2))  # (B, HW, d)
             memories.append((proj(feature).flatten(2) + self.level_embed.weight[level][None, :, None]).transpose(1, 2))
 
         batch = mask_features.shape[0]

@@ -256,6 +256,8 @@ class TrainConfig:
     optim: OptimConfig = section(OptimConfig, "Optimiser and schedule.")
     # bf16 is our addition (bf16-mixed); fp16 means fp16-mixed.
     precision: str = param("fp32", "Numeric precision.", valid_options=["fp32", "fp16", "bf16"])
+    # Ours: TF32 is off by default (strict float32 matmuls and convolutions); on, fp32 steps run on tensor cores.
+    allow_tf32: bool = param(False, "Let float32 matmuls and convolutions use TF32 on GPUs that have it (faster, about 1e-3 relative error).")
     distributed_strategy: str = param("ddp", "Multi-GPU strategy.", valid_options=["ddp", "fsdp"])
     activation_checkpoint: bool = param(False, "Recompute activations in backward to save memory.")
     use_distributed_sampler: bool = param(False, "Let Lightning insert distributed samplers.")

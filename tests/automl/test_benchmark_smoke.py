@@ -40,7 +40,7 @@ def test_benchmark_writes_a_timed_row_for_every_impl_precision_and_case(tmp_path
     written = json.loads(out.read_text())
     assert written == json.loads(json.dumps(returned))
     rows = {(r["impl"], r["precision"], r["case"]): r for r in written["results"]}
-    assert set(rows) == {(i, p, c) for i in ("ours", "hf") for p in ("fp32", "bf16") for c in ("train", "infer")}
+    assert set(rows) == {(i, p, c) for i in ("ours", "hf") for p in ("fp32", "tf32", "bf16") for c in ("train", "infer")}
     for key, row in rows.items():
         assert row["status"] == "ok", (key, row.get("error"))
         assert row["steps_timed"] == len(row["times_ms"]) == 1
@@ -51,7 +51,7 @@ def test_benchmark_writes_a_timed_row_for_every_impl_precision_and_case(tmp_path
         else:
             assert row["batch"] == 1 and (row["height"], row["width"]) == (64, 96)
     ratios = {(r["precision"], r["case"]): r for r in written["ratios"]}
-    assert set(ratios) == {(p, c) for p in ("fp32", "bf16") for c in ("train", "infer")}
+    assert set(ratios) == {(p, c) for p in ("fp32", "tf32", "bf16") for c in ("train", "infer")}
     assert all(r["time_ratio"] > 0 for r in ratios.values())
     assert written["environment"]["torch"] and written["environment"]["transformers"]
 

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model import criterion as criterion_module
 from model.criterion import SetCriterion, dice_loss, sigmoid_bce_loss
 from model.matcher import HungarianMatcher
 from model.point_sampling import calculate_uncertainty, point_sample, uncertain_point_coords
@@ -35,9 +36,9 @@ def test_bce_and_dice_of_a_hand_worked_case():
     labels = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
     # BCE: mask 0 = log 2 at both points; mask 1 = (-log 3/4 + log 2) / 2
     expected_bce = (math.log(2) + (-math.log(0.75) + math.log(2)) / 2) / 2
-    assert sigmoid_bce_loss(logits, labels, num_masks=2).item() == pytest.approx(expected_bce)
+    assert sigmoid_bce_loss(logits, labels).mean().item() == pytest.approx(expected_bce)
     # dice: mask 0 = 1 - (2 * 1/2 + 1) / (1 + 1 + 1) = 1/3; mask 1 = 1 - (2 * 5/4 + 1) / (5/4 + 2 + 1) = 1 - 14/17
-    assert dice_loss(logits, labels, num_masks=2).item() == pytest.approx((1 / 3 + 3 / 17) / 2)
+    torch.testing.assert_close(dice_loss(logits, labels), torch.tensor([1 / 3, 3 / 17]))
 
 
 def test_mask_losses_of_an_undecided_prediction_against_an_empty_target():
@@ -131,3 +132,22 @@ def test_uncertain_points_favour_the_decision_boundary():
     distance = (coords[0, :, 0] - 0.5).abs()
     # the 75 importance points are the closest of 300 uniform draws; the 25 others are uniform
     assert distance[:75].max() < 0.35 and distance[:75].mean() < distance[75:].mean()
+
+
+def test_each_sets_losses_equal_that_set_scored_alone(monkeypatch):
+    # the same points for every matched mask, so that scoring all sets at once draws nothing differently
+    points = torch.stack([torch.linspace(0.05, 0.95, NUM_POINTS), torch.linspace(0.05, 0.95, NUM_POINTS).flip(0)], -1)
+    monkeypatch.setattr(criterion_module, "uncertain_point_coords", lambda logits, *args: points.expand(len(logits), -1, -1))
+    generator = torch.Generator().manual_seed(0)
+
+    def predictions():
+        return {"pred_logits": torch.randn(2, 5, K + 1, generator=generator), "pred_masks": torch.randn(2, 5, 8, 8, generator=generator)}
+
+    sets = [predictions() for _ in range(3)]
+    torch.manual_seed(0)  # the matcher's points: the same draw for one set as for all
+    together = criterion()({**sets[0], "aux_outputs": sets[1:]}, box_targets())
+    for suffix, alone in zip(("", "_0", "_1"), sets):
+        torch.manual_seed(0)
+        single = criterion()(alone, box_targets())
+        for name in ("loss_ce", "loss_mask", "loss_dice"):
+            assert together[f"{name}{suffix}"].item() == pytest.approx(single[name].item(), rel=1e-5), (name, suffix)

@@ -1,10 +1,14 @@
-"""The grid_sample deformable-attention kernel against a per-point bilinear computation."""
+"""The grid_sample deformable-attention reference against a per-point bilinear computation, and
+the dispatch that keeps it the CPU path (the Triton kernel is tested in tests/gpu)."""
 
 import math
 
 import torch
 
-from model.ms_deform_attn import MSDeformAttn, ms_deform_attn
+import pytest
+
+from model import ms_deform_attn as msda
+from model.ms_deform_attn import MSDeformAttn, ms_deform_attn, ms_deform_attn_reference, uses_fused_kernel
 
 
 def bilinear_reference(value, shapes, locations, weights):
@@ -47,13 +51,11 @@ def test_grid_sample_kernel_equals_per_point_bilinear_sampling_including_points_
     torch.manual_seed(0)
     shapes = [(3, 4), (2, 2), (1, 3)]
     batch, heads, dim, queries, points = 2, 2, 3, 5, 2
-    spatial_shapes = torch.tensor(shapes)
-    level_start_index = torch.tensor([0, 12, 16])
     value = torch.randn(batch, sum(h * w for h, w in shapes), heads, dim)
     locations = torch.rand(batch, queries, heads, len(shapes), points, 2) * 1.4 - 0.2  # some fall outside [0, 1]
     weights = torch.rand(batch, queries, heads, len(shapes), points)
 
-    out = ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights)
+    out = ms_deform_attn(value, shapes, locations, weights)
 
     assert out.shape == (batch, queries, heads * dim)
     torch.testing.assert_close(out.double(), bilinear_reference(value, shapes, locations, weights), atol=1e-5, rtol=1e-5)
@@ -62,7 +64,7 @@ def test_grid_sample_kernel_equals_per_point_bilinear_sampling_including_points_
 def test_a_point_on_a_pixel_centre_reads_that_pixel():
     value = torch.arange(6.0).view(1, 6, 1, 1)  # one level 2 x 3, one head, one channel
     centre_of_row1_col2 = torch.tensor([(2 + 0.5) / 3, (1 + 0.5) / 2]).view(1, 1, 1, 1, 1, 2)
-    out = ms_deform_attn(value, torch.tensor([[2, 3]]), torch.tensor([0]), centre_of_row1_col2, torch.ones(1, 1, 1, 1, 1))
+    out = ms_deform_attn(value, [(2, 3)], centre_of_row1_col2, torch.ones(1, 1, 1, 1, 1))
     assert out.item() == 5.0
 
 
@@ -74,11 +76,39 @@ def test_module_starts_with_uniform_weights_and_points_spread_around_the_referen
     torch.testing.assert_close(offsets[1, 1, :, 1], torch.tensor([1.0, 2.0, 3.0]))
     assert torch.all(attn.attention_weights.weight == 0) and torch.all(attn.attention_weights.bias == 0)
 
-    shapes = torch.tensor([[4, 4], [2, 2]])
     memory = torch.randn(2, 20, 16, requires_grad=True)
     query = torch.randn(2, 20, 16)
     reference = torch.rand(2, 20, 2, 2)
-    out = attn(query, reference, memory, shapes, torch.tensor([0, 16]))
+    out = attn(query, reference, memory, [(4, 4), (2, 2)])
     assert out.shape == (2, 20, 16)
     out.sum().backward()
     assert memory.grad is not None and memory.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_cpu_tensors_take_the_reference_path(dtype, monkeypatch):
+    value = torch.randn(1, 6, 1, 2, dtype=dtype)
+    assert not uses_fused_kernel(value)
+
+    def fused_must_not_run(*args):
+        raise AssertionError("the Triton kernel ran on CPU tensors")
+
+    monkeypatch.setattr(msda, "fused_kernel", lambda: fused_must_not_run)
+    locations = torch.rand(1, 3, 1, 1, 2, 2, dtype=dtype)
+    weights = torch.rand(1, 3, 1, 1, 2, dtype=dtype)
+    torch.testing.assert_close(
+        ms_deform_attn(value, [(2, 3)], locations, weights), ms_deform_attn_reference(value, [(2, 3)], locations, weights)
+    )
+
+
+def test_bfloat16_values_with_float32_locations_sample_in_float32():
+    torch.manual_seed(0)
+    shapes = [(4, 6), (2, 3)]
+    value = torch.randn(2, 30, 2, 4).bfloat16()
+    locations = torch.rand(2, 5, 2, 2, 3, 2)
+    weights = torch.rand(2, 5, 2, 2, 3)
+
+    out = ms_deform_attn_reference(value, shapes, locations, weights)
+
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, ms_deform_attn_reference(value.float(), shapes, locations, weights).bfloat16())

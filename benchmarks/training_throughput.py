@@ -1,0 +1,128 @@
+"""Images/s, GPU-busy fraction and data-loading wait of a real training run.
+
+Runs `automl.training.run_training`, the training loop that `automl launch --policy off` runs
+(Lightning, the spec's data loaders and precision), with a callback that times every training
+epoch and a thread that samples NVML's GPU utilisation (the share of each sample period in
+which a kernel was running) every 50 ms. The first `--skip-epochs` epochs (start-up, cuDNN
+plans, Triton compilation) are left out; validation falls between epochs and is left out too.
+Data wait is the host time between one training batch's end and the next one's start.
+
+    python benchmarks/training_throughput.py -e experiments/synthetic_swin_t.yaml train.num_epochs=4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import lightning.pytorch as pl
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from automl.spec import load_spec  # noqa: E402
+from automl.training import run_training  # noqa: E402
+
+
+class EpochTimer(pl.Callback):
+    """Wall time, images and data wait of every training epoch (the GPU drained at each epoch end)."""
+
+    def __init__(self) -> None:
+        self.epochs: list[dict[str, float]] = []
+        self._last_end: float | None = None
+
+    def on_train_epoch_start(self, trainer, module) -> None:
+        self.epochs.append({"start": time.perf_counter(), "images": 0, "steps": 0, "data_wait_s": 0.0})
+        self._last_end = None
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        if self._last_end is not None:
+            self.epochs[-1]["data_wait_s"] += time.perf_counter() - self._last_end
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        self.epochs[-1]["images"] += batch["images"].shape[0]
+        self.epochs[-1]["steps"] += 1
+        self._last_end = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.epochs[-1]["end"] = time.perf_counter()
+
+
+class UtilisationSampler(threading.Thread):
+    """NVML GPU utilisation (percent) every `period_s`, with host timestamps."""
+
+    def __init__(self, period_s: float = 0.05) -> None:
+        super().__init__(daemon=True)
+        self.period_s, self.samples, self._stop_event = period_s, [], threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            self.samples.append((time.perf_counter(), torch.cuda.utilization()))
+            time.sleep(self.period_s)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join()
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("-e", "--experiment-spec", required=True)
+    p.add_argument("overrides", nargs="*", help="dotted spec overrides")
+    p.add_argument("--skip-epochs", type=int, default=1)
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "training_throughput.json"))
+    args = p.parse_args(argv)
+    spec = load_spec(args.experiment_spec, args.overrides, action="train")
+    timer = EpochTimer()
+    sampler = UtilisationSampler() if torch.cuda.is_available() else None
+    if sampler:
+        sampler.start()
+    try:
+        run_training(spec, callbacks=[timer], progress=False, keep_checkpoints=False)
+    finally:
+        if sampler:
+            sampler.stop()
+    measured = [e for e in timer.epochs[args.skip_epochs :] if "end" in e]
+    if not measured:
+        raise SystemExit(f"no epoch after the first {args.skip_epochs} was measured: raise train.num_epochs")
+    wall = sum(e["end"] - e["start"] for e in measured)
+    images = sum(e["images"] for e in measured)
+    steps = sum(e["steps"] for e in measured)
+    inside = [u for t, u in (sampler.samples if sampler else []) if any(e["start"] <= t <= e["end"] for e in measured)]
+    result = {
+        "benchmark": "training_throughput",
+        "spec": args.experiment_spec,
+        "overrides": args.overrides,
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "torch": torch.__version__,
+        "epochs_measured": len(measured),
+        "images_per_s": images / wall,
+        "step_ms": wall / steps * 1e3,
+        "data_wait_ms_per_step": sum(e["data_wait_s"] for e in measured) / steps * 1e3,
+        "gpu_busy_percent": statistics.fmean(inside) if inside else None,
+        "gpu_busy_samples": len(inside),
+        "epochs": [{k: v for k, v in e.items() if k not in ("start", "end")} | {"wall_s": e["end"] - e["start"]} for e in measured],
+    }
+    print(
+        f"{result['gpu']}: {result['images_per_s']:.1f} images/s, {result['step_ms']:.0f} ms/step, data wait "
+        f"{result['data_wait_ms_per_step']:.1f} ms/step, GPU busy {result['gpu_busy_percent']}% over {len(measured)} epochs"
+    )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
