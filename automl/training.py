@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from model.checkpoint import load_weights
 from model.criterion import SetCriterion
-from model.data import LabelMap, build_dataset, collate
+from model.data import LabelMap, build_dataset, collate, resolve_file
 from model.datamodule import SegmentationDataModule
 from model.evaluator import SegmentationEvaluator
 from model.lit import Mask2FormerModule
@@ -42,6 +42,11 @@ def target_metric(spec: DictConfig) -> str:
 
 def train_dir(spec: DictConfig) -> Path:
     return Path(spec.train.results_dir or Path(spec.results_dir) / "train")
+
+
+def cache_dir(spec: DictConfig) -> Path:
+    """Where data archives are extracted and object-storage data downloaded."""
+    return Path(spec.results_dir) / "cache"
 
 
 @dataclass
@@ -97,7 +102,7 @@ class BestMetrics(Callback):
 
 
 def build_label_map(spec: DictConfig) -> LabelMap:
-    label_map = LabelMap.from_file(spec.dataset.label_map, contiguous_id=spec.dataset.contiguous_id)
+    label_map = LabelMap.from_file(resolve_file(spec.dataset.label_map, cache_dir(spec)), contiguous_id=spec.dataset.contiguous_id)
     label_map.check_num_classes(spec.model.sem_seg_head.num_classes)
     return label_map
 
@@ -150,12 +155,11 @@ def build_module(spec: DictConfig, label_map: LabelMap) -> Mask2FormerModule:
 
 
 def build_datamodule(spec: DictConfig, label_map: LabelMap, *, with_train: bool = True) -> SegmentationDataModule:
-    cache = Path(spec.results_dir) / "cache"
     common = dict(
         dataset_cfg=spec.dataset,
         mode=spec.model.mode,
         label_map=label_map,
-        cache_root=str(cache),
+        cache_root=str(cache_dir(spec)),
         train_augmentation=spec.dataset.augmentation.train_augmentation,
     )
     train_set = build_dataset(spec.dataset.train, is_train=True, split="train", **common) if with_train else None

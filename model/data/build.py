@@ -7,11 +7,10 @@ root_dir, annot_file}, dataset.{label_map, contiguous_id, augmentation.*}.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from model.data.ade import AdeReader
-from model.data.archives import resolve_dir
+from model.data.archives import resolve_dir, resolve_file
 from model.data.coco_instance import CocoInstanceReader
 from model.data.coco_panoptic import CocoPanopticReader
 from model.data.dataset import AnnotationReader, SegmentationDataset, Transform
@@ -23,10 +22,11 @@ DATASET_TYPES = ("coco_panoptic", "coco", "ade")
 TRAIN_AUGMENTATIONS = ("resize_crop", "lsj")
 
 
-def _path(value: str, key: str, dataset_type: str) -> Path:
+def _path(value: str, key: str, dataset_type: str) -> str:
+    """`value`, a local path or an fsspec URI, checked to be set."""
     if not value:
         raise UserError(f"{key} is empty; dataset type {dataset_type!r} needs it")
-    return Path(value)
+    return value
 
 
 def _reader(split_cfg: Any, key: str, label_map: LabelMap, cache_root: str) -> AnnotationReader:
@@ -34,14 +34,14 @@ def _reader(split_cfg: Any, key: str, label_map: LabelMap, cache_root: str) -> A
     if dataset_type == "coco_panoptic":
         return CocoPanopticReader(
             img_dir=resolve_dir(_path(split_cfg.img_dir, f"{key}.img_dir", dataset_type), cache_root),
-            panoptic_json=_path(split_cfg.panoptic_json, f"{key}.panoptic_json", dataset_type),
+            panoptic_json=resolve_file(_path(split_cfg.panoptic_json, f"{key}.panoptic_json", dataset_type), cache_root),
             panoptic_dir=resolve_dir(_path(split_cfg.panoptic_dir, f"{key}.panoptic_dir", dataset_type), cache_root),
             label_map=label_map,
         )
     if dataset_type == "coco":
         return CocoInstanceReader(
             img_dir=resolve_dir(_path(split_cfg.img_dir, f"{key}.img_dir", dataset_type), cache_root),
-            instance_json=_path(split_cfg.instance_json, f"{key}.instance_json", dataset_type),
+            instance_json=resolve_file(_path(split_cfg.instance_json, f"{key}.instance_json", dataset_type), cache_root),
             label_map=label_map,
         )
     if dataset_type == "ade":
@@ -83,14 +83,14 @@ def build_dataset(
     """The dataset of one split, with training or evaluation augmentation.
 
     split_cfg: dataset.<split>; dataset_cfg: dataset; mode: model.mode; cache_root: where archives are
-    extracted; train_augmentation: 'resize_crop' (the reference's) or 'lsj'; label_map: the loaded
+    extracted and object-storage URIs downloaded; train_augmentation: 'resize_crop' (the reference's) or 'lsj'; label_map: the loaded
     dataset.label_map (loaded here when None); split: the split's name in messages (default 'train' or
     'val' by is_train).
     """
     key = f"dataset.{split or ('train' if is_train else 'val')}"
     if label_map is None:
         label_map_path = _path(dataset_cfg.label_map, "dataset.label_map", split_cfg.type)
-        label_map = LabelMap.from_file(label_map_path, dataset_cfg.contiguous_id)
+        label_map = LabelMap.from_file(resolve_file(label_map_path, cache_root), dataset_cfg.contiguous_id)
     return SegmentationDataset(
         reader=_reader(split_cfg, key, label_map, cache_root),
         transform=_transform(dataset_cfg.augmentation, is_train, train_augmentation),
