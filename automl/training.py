@@ -20,6 +20,7 @@ from model.checkpoint import load_weights
 from model.criterion import SetCriterion
 from model.data import LabelMap, build_dataset, collate, resolve_file
 from model.datamodule import SegmentationDataModule
+from model.errors import UserError
 from model.evaluator import SegmentationEvaluator
 from model.lit import Mask2FormerModule
 from model.mask2former import build_model
@@ -183,6 +184,8 @@ def trainer_settings(spec: DictConfig) -> dict[str, Any]:
     devices: Any = list(train.gpu_ids)[: train.num_gpus] if on_gpu and len(train.gpu_ids) >= train.num_gpus else train.num_gpus
     processes = (len(devices) if isinstance(devices, list) else devices) * train.num_nodes
     strategy = ("fsdp" if train.distributed_strategy == "fsdp" else "ddp") if processes > 1 else "auto"
+    if strategy == "fsdp" and not on_gpu:
+        raise UserError("train.distributed_strategy: fsdp needs GPUs (Lightning runs FSDP on CUDA only); use ddp on a machine without GPUs")
     settings = dict(
         accelerator="gpu" if on_gpu else "cpu",
         devices=devices,
