@@ -170,7 +170,7 @@ def run_worker(mode: str, args: argparse.Namespace, overrides: list[str], timeou
 
 
 def common_overrides(args: argparse.Namespace, results: Path) -> list[str]:
-    return [*data_overrides(args.data), f"results_dir={results}", "automl.policy=off", "train.seed=0", *args.override]
+    return [*data_overrides(args.data), f"results_dir={results}", "train.seed=0", *args.override]
 
 
 def part_throughput(args: argparse.Namespace, budget: Budget, work: Path) -> list[dict[str, Any]]:
@@ -256,10 +256,11 @@ def part_sweeps(args: argparse.Namespace, budget: Budget, work: Path) -> list[di
             "automl.num_samples=1000", "automl.max_concurrent=0", "automl.scheduler=asha", f"automl.max_epochs={args.sweep_epochs}",
             "automl.grace_period=1", "automl.reduction_factor=2", "train.validation_interval=1",
             f"dataset.augmentation.train_crop_size=[{crop},{crop}]", f"dataset.train.batch_size={batch}",
+            "dataset.train.num_workers=2", "dataset.val.num_workers=2",  # up to eight trials share the CPU cores
         ]
         sampler = GpuMemorySampler()
         started = time.time()
-        sweep = subprocess.Popen([sys.executable, "-m", "automl.cli", "launch", "-e", str(args.spec), *overrides], cwd=ROOT,
+        sweep = subprocess.Popen([sys.executable, "-m", "automl.cli", "launch", "-e", str(args.spec), *overrides],
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, env={**os.environ, **NCCL_ENV})
         try:
             output = sweep.communicate(timeout=seconds)[0]
@@ -350,6 +351,7 @@ def main() -> None:
     parser.add_argument("--save", default="", help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.spec = args.spec.resolve()
     if args.worker:
         (worker_train if args.worker == "train" else worker_validate)(args)
         return

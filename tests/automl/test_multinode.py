@@ -5,12 +5,14 @@ from that storage.
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 
 import pytest
 import ray
+import ray._private.ray_constants
 from mlflow.tracking import MlflowClient
 from ray.cluster_utils import Cluster
 from ray.util.state import list_actors
@@ -20,10 +22,23 @@ from tests.conftest import SMOKE_SPEC, data_overrides
 TRIAL_ACTOR = "ImplicitFunc"  # the actor class Tune runs a function trainable in
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture
-def two_nodes():
-    """A head and a worker node of one CPU each: two concurrent one-CPU trials need both nodes."""
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "node_ip_address": "127.0.0.1", "dashboard_host": "127.0.0.1"})
+def two_nodes(monkeypatch):
+    """A head and a worker node of one CPU each, on 127.0.0.1: two concurrent one-CPU trials need both nodes."""
+    # Ray otherwise swaps 127.0.0.1 for the machine's address when connecting; these keep every Ray
+    # process (this one, the raylets and workers it starts, the CLI's driver) on the loopback.
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    monkeypatch.setattr(ray._private.ray_constants, "ENABLE_RAY_CLUSTER", False)
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "node_ip_address": "127.0.0.1", "dashboard_host": "127.0.0.1", "dashboard_port": free_port()},
+    )
     cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
     yield cluster
     ray.shutdown()
@@ -33,7 +48,7 @@ def two_nodes():
 def launch(cluster, data, results, storage, *args):
     overrides = [
         *data_overrides(data), f"results_dir={results}", f"automl.storage_uri={storage}", "automl.resources_per_trial={cpu: 1}",
-        "automl.num_samples=3", "automl.max_concurrent=2", "automl.max_epochs=2", "train.validation_interval=1", "automl.grace_period=2",
+        "automl.num_samples=3", "automl.max_concurrent=2", "automl.max_epochs=2", "train.iters_per_epoch=1", "train.validation_interval=1", "automl.grace_period=2",
     ]
     return subprocess.Popen(
         [sys.executable, "-m", "automl.cli", "launch", "-e", str(SMOKE_SPEC), "--ray-address", cluster.address, *overrides, *args],
@@ -45,7 +60,7 @@ def test_trials_spread_over_two_nodes_and_resume_from_shared_storage(two_nodes, 
     storage, results = tmp_path / "shared", tmp_path / "results"
     first = launch(two_nodes, synthetic_data, results, storage)
     deadline = time.monotonic() + 240
-    while first.poll() is None and time.monotonic() < deadline and len(list(storage.glob("synthetic_smoke/*/checkpoint_*"))) < 2:
+    while first.poll() is None and time.monotonic() < deadline and len({p.parent for p in storage.glob("synthetic_smoke/*/checkpoint_*")}) < 2:
         time.sleep(1)
     os.killpg(first.pid, signal.SIGINT)  # Ctrl-C once two trials have a checkpoint
     output = first.communicate(timeout=120)[0]
@@ -55,7 +70,7 @@ def test_trials_spread_over_two_nodes_and_resume_from_shared_storage(two_nodes, 
     output = second.communicate(timeout=300)[0]
     assert second.returncode == 0, output
 
-    actors = list_actors(address=two_nodes.webui_url, filters=[("class_name", "=", TRIAL_ACTOR)], limit=1000, raise_on_missing_output=False)
+    actors = list_actors(address=f"http://{two_nodes.webui_url}", filters=[("class_name", "=", TRIAL_ACTOR)], limit=1000, raise_on_missing_output=False)
     nodes = {node.node_id for node in [two_nodes.head_node, *two_nodes.worker_nodes]}
     assert {actor.node_id for actor in actors} == nodes  # trials ran on both nodes
 

@@ -149,7 +149,7 @@ def _objects(s3, bucket: str, prefix: str = "") -> dict[str, bytes]:
 def _launch(s3, bucket: str, results: Path, *args: str) -> subprocess.Popen:
     overrides = [
         *bucket_data_overrides(bucket), f"results_dir={results}", f"automl.storage_uri=s3://{bucket}/sweeps", f"automl.s3_endpoint_url={s3.endpoint_url}",
-        "automl.num_samples=2", "automl.max_concurrent=1", "automl.max_epochs=2", "train.validation_interval=1", "automl.grace_period=2",
+        "automl.num_samples=2", "automl.max_concurrent=1", "automl.max_epochs=1", "train.iters_per_epoch=1", "train.validation_interval=1", "automl.grace_period=1",
     ]
     # Only the credentials come from the environment; the endpoint comes from the spec.
     env = {k: v for k, v in os.environ.items() if k not in ("AWS_ENDPOINT_URL_S3", "MLFLOW_S3_ENDPOINT_URL")}
