@@ -287,7 +287,8 @@ def _parent_run(tracker: Tracker, spec: DictConfig, spec_path: Any, state_file: 
 def _start_ray(spec: DictConfig) -> None:
     # Checkpoints every validation are the point here; Tune's warning about them is noise.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    runtime_env = {"env_vars": worker_env()}  # the object-storage endpoint, also on other machines
+    env = worker_env()  # the object-storage endpoint, also for workers on other machines
+    runtime_env = {"env_vars": env} if env else None
     if spec.automl.ray_address:
         ray.init(address=spec.automl.ray_address, ignore_reinit_error=True, runtime_env=runtime_env)
     elif not ray.is_initialized():
