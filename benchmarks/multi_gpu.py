@@ -160,12 +160,16 @@ def run_worker(mode: str, args: argparse.Namespace, overrides: list[str], timeou
         command = [sys.executable, str(Path(__file__).resolve()), "--worker", mode, "--spec", str(args.spec), "--overrides", json.dumps(overrides),
                    "--result", str(result), "--steps", str(args.steps), *(f"--{k}={v}" for k, v in extra.items())]
         started = time.monotonic()
+        # Its own process group: on a timeout the ranks Lightning started go with it.
+        worker = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, env={**os.environ, **NCCL_ENV})
         try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=max(timeout, 1), env={**os.environ, **NCCL_ENV})
+            output = worker.communicate(timeout=max(timeout, 1))[0]
         except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.communicate()
             return {"error": f"timed out after {timeout:.0f} s"}
-        if done.returncode != 0 or not result.exists():
-            return {"error": (done.stderr or done.stdout)[-1500:]}
+        if worker.returncode != 0 or not result.exists():
+            return {"error": output[-1500:]}
         return {**json.loads(result.read_text()), "process_s": time.monotonic() - started}
 
 
@@ -300,6 +304,10 @@ def part_sweeps(args: argparse.Namespace, budget: Budget, work: Path) -> list[di
 
 
 def print_tables(report: dict[str, Any]) -> None:
+    def error(row: dict) -> str:  # the last line of a worker's output says what went wrong
+        lines = [line for line in str(row.get("error", "")).splitlines() if line.strip()]
+        return lines[-1][:100] if lines else ""
+
     def fmt(value: Any, spec: str = ".2f") -> str:
         return "-" if value is None else format(value, spec) if isinstance(value, float) else str(value)
 
@@ -307,17 +315,17 @@ def print_tables(report: dict[str, Any]) -> None:
         print(f"{'strategy':>8} {'crop':>5} {'batch/GPU':>9} {'GPUs':>4} {'step s':>8} {'img/s':>8} {'scaling':>8} {'peak GiB':>8}  error")
         for r in report["throughput"]:
             print(f"{r['strategy']:>8} {r['crop']:>5} {r['batch_per_gpu']:>9} {r['gpus']:>4} {fmt(r.get('median_step_s'), '.3f'):>8} "
-                  f"{fmt(r.get('images_per_s'), '.1f'):>8} {fmt(r.get('scaling_efficiency'), '.0%'):>8} {fmt(r.get('peak_gib')):>8}  {str(r.get('error', ''))[:60]}")
+                  f"{fmt(r.get('images_per_s'), '.1f'):>8} {fmt(r.get('scaling_efficiency'), '.0%'):>8} {fmt(r.get('peak_gib')):>8}  {error(r)}")
     if report.get("validation"):
         print(f"\n{'GPUs':>4} {'global batch':>12} {'val s':>7} {'PQ':>7} {'mIoU':>7} {'AP':>7}  error")
         for r in report["validation"]:
             m = r.get("metrics", {})
-            print(f"{r['gpus']:>4} {fmt(r.get('global_batch')):>12} {fmt(r.get('seconds')):>7} {fmt(m.get('PQ')):>7} {fmt(m.get('mIoU')):>7} {fmt(m.get('AP')):>7}  {str(r.get('error', ''))[:60]}")
+            print(f"{r['gpus']:>4} {fmt(r.get('global_batch')):>12} {fmt(r.get('seconds')):>7} {fmt(m.get('PQ')):>7} {fmt(m.get('mIoU')):>7} {fmt(m.get('AP')):>7}  {error(r)}")
     if report.get("sweeps"):
         print(f"\n{'resources_per_trial':>22} {'wall s':>7} {'ended':>5} {'trials/h':>8} {'ASHA stops':>10} {'best PQ':>7}  error")
         for r in report["sweeps"]:
             print(f"{json.dumps(r['resources_per_trial']):>22} {fmt(r.get('wall_s'), '.0f'):>7} {fmt(r.get('trials_ended')):>5} "
-                  f"{fmt(r.get('trials_per_hour'), '.1f'):>8} {fmt(r.get('stopped_by_asha')):>10} {fmt(r.get('best_PQ')):>7}  {str(r.get('error', ''))[:60]}")
+                  f"{fmt(r.get('trials_per_hour'), '.1f'):>8} {fmt(r.get('stopped_by_asha')):>10} {fmt(r.get('best_PQ')):>7}  {error(r)}")
 
 
 def parse_crop(text: str) -> tuple[int, int]:
