@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs
 import ray
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -26,9 +27,11 @@ from rich.console import Console
 
 from automl.actions.evaluate import evaluate_checkpoint, write_metrics
 from automl.search import build_scheduler, build_searcher, check_combination, resolve_search_space
+from automl.storage import exists, sweep_filesystem, worker_env
 from automl.tracking import TRIAL_TAG, Tracker, run_tags
 from automl.training import BEST_NAME, target_metric
 from automl.trial import CHECKPOINT_FILE, STATUS_KEY, run_trial
+from model.data.files import redact
 from model.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -182,12 +185,14 @@ def run_sweep(spec: DictConfig, spec_path: str | os.PathLike | None, resume: boo
 
     root = sweep_dir(spec)
     name = Path(spec_path).stem if spec_path else "sweep"
-    experiment = root / name
+    storage = spec.automl.storage_uri or str(root)
+    storage_fs, storage_path = sweep_filesystem(storage)
+    experiment, shown = f"{storage_path}/{name}", f"{redact(storage).rstrip('/')}/{name}"
     state_file = root / f"{name}.{SWEEP_STATE}"
-    if resume and not tune.Tuner.can_restore(str(experiment)):
-        raise UserError(f"--resume: no sweep to continue at {experiment}; run without --resume to start one")
-    if not resume and experiment.exists():
-        raise UserError(f"{experiment} holds an earlier sweep; continue it with --resume or choose another results_dir")
+    if resume and not tune.Tuner.can_restore(experiment, storage_filesystem=storage_fs):
+        raise UserError(f"--resume: no sweep to continue at {shown}; run without --resume to start one")
+    if not resume and exists(storage_fs, experiment):
+        raise UserError(f"{shown} holds an earlier sweep; continue it with --resume or choose another results_dir or automl.storage_uri")
 
     tracker = Tracker.for_spec(spec, spec_path)
     parent_id = _parent_run(tracker, spec, spec_path, state_file, resume, space)
@@ -207,7 +212,7 @@ def run_sweep(spec: DictConfig, spec_path: str | os.PathLike | None, resume: boo
     _start_ray(spec)
     try:
         if resume:  # the restored experiment brings its searcher, scheduler and callback back
-            tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, resume_errored=True)
+            tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=storage_fs)
         else:
             tuner = tune.Tuner(
                 trainable,
@@ -219,7 +224,8 @@ def run_sweep(spec: DictConfig, spec_path: str | os.PathLike | None, resume: boo
                 ),
                 run_config=tune.RunConfig(
                     name=name,
-                    storage_path=str(root),
+                    storage_path=storage_path,
+                    storage_filesystem=storage_fs,
                     failure_config=tune.FailureConfig(max_failures=spec.automl.max_failures),
                     # Best and latest per trial; PBT clones checkpoints of other trials that may
                     # no longer be their latest, so under PBT every one stays until the end.
@@ -281,12 +287,14 @@ def _parent_run(tracker: Tracker, spec: DictConfig, spec_path: Any, state_file: 
 def _start_ray(spec: DictConfig) -> None:
     # Checkpoints every validation are the point here; Tune's warning about them is noise.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    env = worker_env()  # the object-storage endpoint, also for workers on other machines
+    runtime_env = {"env_vars": env} if env else None
     if spec.automl.ray_address:
-        ray.init(address=spec.automl.ray_address, ignore_reinit_error=True)
+        ray.init(address=spec.automl.ray_address, ignore_reinit_error=True, runtime_env=runtime_env)
     elif not ray.is_initialized():
         # The dashboard (Ray's state API, which cleans up the Train runs of stopped multi-worker
         # trials) starts when ray[default] is installed.
-        ray.init(include_dashboard=None, ignore_reinit_error=True, log_to_driver=False)
+        ray.init(include_dashboard=None, ignore_reinit_error=True, log_to_driver=False, runtime_env=runtime_env)
 
 
 def _select_best(results: Any, metric: str, mode: str, spec: DictConfig) -> BestTrial:
@@ -305,21 +313,22 @@ def _select_best(results: Any, metric: str, mode: str, spec: DictConfig) -> Best
         out = Path(spec.results_dir) / "best"
         out.mkdir(parents=True, exist_ok=True)
         checkpoint_path = out / f"{BEST_NAME}.pth"
-        shutil.copy(source, checkpoint_path)
+        with source.as_directory() as directory:  # downloaded when the sweep's storage is remote
+            shutil.copy(Path(directory) / CHECKPOINT_FILE, checkpoint_path)
         record = {"trial": Path(best.path).name, "params": best.config, "metrics": metrics, "metric": metric, "mode": mode, "checkpoint": str(checkpoint_path), "created": time.time()}
         (out / "best.json").write_text(json.dumps(record, indent=2, default=str))
     return BestTrial(Path(best.path).name, metrics, dict(best.config), checkpoint_path)
 
 
-def _checkpoint_of(best: Any, row: Any, metric: str, mode: str) -> Path | None:
-    """The checkpoint file of the best trial's best validation: kept by Tune, or by Ray Train for a
+def _checkpoint_of(best: Any, row: Any, metric: str, mode: str) -> tune.Checkpoint | None:
+    """The checkpoint of the best trial's best validation: kept by Tune, or by Ray Train for a
     multi-worker trial (whose reports carry its path)."""
     kept = sorted(best.best_checkpoints, key=lambda item: item[1].get(metric, float("nan")), reverse=mode == "max")
     if kept:
-        return Path(kept[0][0].path) / CHECKPOINT_FILE
+        return kept[0][0]
     train_path = row.get("checkpoint_path")
     if isinstance(train_path, str) and (Path(train_path) / CHECKPOINT_FILE).exists():
-        return Path(train_path) / CHECKPOINT_FILE
+        return tune.Checkpoint.from_directory(train_path)
     return None
 
 
@@ -332,10 +341,11 @@ def _prune_checkpoints(results: Any, metric: str, mode: str, keep_top_k: int, va
         values = result.metrics_dataframe[metric].dropna()
         best = (values.max() if mode == "max" else values.min()) if len(values) else float("nan")
         finished = int(result.metrics.get("training_iteration", 0)) >= validations
-        scored.append((best, finished, Path(result.path)))
+        scored.append((best, finished, result))
     ranked = sorted((s for s in scored if s[0] == s[0]), key=lambda s: s[0], reverse=mode == "max")
-    keep = {path for _, _, path in ranked[:keep_top_k]}
-    for _, finished, path in scored:
-        if not finished and path not in keep:
-            for directory in path.glob("checkpoint_*"):
-                shutil.rmtree(directory, ignore_errors=True)
+    keep = {result.path for _, _, result in ranked[:keep_top_k]}
+    for _, finished, result in scored:
+        if not finished and result.path not in keep:
+            for entry in result.filesystem.get_file_info(pyarrow.fs.FileSelector(result.path)):
+                if entry.type == pyarrow.fs.FileType.Directory and entry.base_name.startswith("checkpoint_"):
+                    result.filesystem.delete_dir(entry.path)

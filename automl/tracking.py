@@ -22,6 +22,7 @@ from mlflow.tracking._tracking_service.utils import _tracking_store_registry  # 
 from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
 from omegaconf import DictConfig, OmegaConf
 
+from model.data.files import is_remote
 from model.errors import UserError
 
 TRIAL_TAG = "automl.trial_id"
@@ -45,6 +46,16 @@ def tracking_uri(spec: DictConfig) -> str:
     # database stays inside results_dir. Nothing else: MLflow also creates the folder the URI's text names.
     path = str(Path(spec.results_dir).absolute() / "mlflow.db")
     return "sqlite:///" + path.replace("%", "%25").replace("?", "%3F").replace("#", "%23")
+
+
+def artifact_root(spec: DictConfig) -> str | None:
+    """Where a new experiment keeps its artifacts: beside the sweep's storage when that is object
+    storage, <results_dir>/mlartifacts for the embedded store, else the tracking server's default."""
+    if is_remote(spec.automl.storage_uri):
+        return f"{spec.automl.storage_uri.rstrip('/')}/mlartifacts"
+    if tracking_uri(spec).startswith("sqlite:"):
+        return str(Path(spec.results_dir) / "mlartifacts")
+    return None
 
 
 def experiment_name(spec: DictConfig, spec_path: str | os.PathLike | None) -> str:
@@ -86,23 +97,21 @@ def run_tags(spec: DictConfig) -> dict[str, str]:
 class Tracker:
     """One MLflow experiment in one store, with the few operations this platform needs."""
 
-    def __init__(self, uri: str, experiment: str, artifact_root: str | os.PathLike | None = None):
+    def __init__(self, uri: str, experiment: str, artifact_root: str | None = None):
         self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
         self.uri = uri
         found = self.client.get_experiment_by_name(experiment)
         if found is not None:
             self.experiment_id = found.experiment_id
         else:
-            location = Path(artifact_root).resolve().as_uri() if artifact_root else None
+            location = artifact_root if not artifact_root or is_remote(artifact_root) else Path(artifact_root).resolve().as_uri()
             self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
 
     @classmethod
     def for_spec(cls, spec: DictConfig, spec_path: str | os.PathLike | None) -> "Tracker":
-        """The spec's store; the embedded one keeps its artifacts in <results_dir>/mlartifacts."""
-        uri = tracking_uri(spec)
-        artifacts = Path(spec.results_dir) / "mlartifacts" if uri.startswith("sqlite:") else None
+        """The spec's store, its new experiments' artifacts at `artifact_root(spec)`."""
         Path(spec.results_dir).mkdir(parents=True, exist_ok=True)
-        return cls(uri, experiment_name(spec, spec_path), artifacts)
+        return cls(tracking_uri(spec), experiment_name(spec, spec_path), artifact_root(spec))
 
     def start_run(self, name: str, params: Mapping[str, Any] = (), tags: Mapping[str, str] = (), parent_id: str | None = None) -> str:
         all_tags = dict(tags)

@@ -16,11 +16,12 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar
 from omegaconf import DictConfig, OmegaConf
 
-from automl.spec.model_args import build_network, build_split_dataset, spec_keys_in_errors
+from automl.spec.model_args import build_network, build_split_dataset, data_cache_dir, spec_keys_in_errors
 from model.checkpoint import load_weights, read_checkpoint
 from model.criterion import SetCriterion
-from model.data import LabelMap, collate
+from model.data import LabelMap, collate, resolve_file
 from model.datamodule import SegmentationDataModule
+from model.errors import UserError
 from model.evaluator import SegmentationEvaluator
 from model.lit import Mask2FormerModule
 from model.matcher import HungarianMatcher
@@ -97,7 +98,7 @@ class BestMetrics(Callback):
 
 
 def build_label_map(spec: DictConfig) -> LabelMap:
-    label_map = LabelMap.from_file(spec.dataset.label_map, contiguous_id=spec.dataset.contiguous_id)
+    label_map = LabelMap.from_file(resolve_file(spec.dataset.label_map, data_cache_dir(spec)), contiguous_id=spec.dataset.contiguous_id)
     with spec_keys_in_errors():
         label_map.check_num_classes(spec.model.sem_seg_head.num_classes)
     return label_map
@@ -172,6 +173,8 @@ def trainer_settings(spec: DictConfig) -> dict[str, Any]:
     devices: Any = list(train.gpu_ids)[: train.num_gpus] if on_gpu and len(train.gpu_ids) >= train.num_gpus else train.num_gpus
     processes = (len(devices) if isinstance(devices, list) else devices) * train.num_nodes
     strategy = ("fsdp" if train.distributed_strategy == "fsdp" else "ddp") if processes > 1 else "auto"
+    if strategy == "fsdp" and not on_gpu:
+        raise UserError("train.distributed_strategy: fsdp needs GPUs (Lightning runs FSDP on CUDA only); use ddp on a machine without GPUs")
     settings = dict(
         accelerator="gpu" if on_gpu else "cpu",
         devices=devices,

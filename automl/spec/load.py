@@ -21,6 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from automl.spec.config import ACTIONS, ExperimentConfig
+from automl import storage
+from model.data.files import is_remote
 from model.errors import UserError
 from model.metrics import METRIC_NAMES  # validation logs these; the search can optimise any of them
 from model.presets import SWIN_PRESETS
@@ -205,22 +207,31 @@ def validate(spec: DictConfig) -> Iterator[str]:
         yield from _check_value(spec, key, meta, value)
     if spec.automl.export_best:
         yield "automl.export_best: the export action is not in this release yet; leave it false (the best checkpoint is kept in <results_dir>/best/)"
+    if is_remote(spec.results_dir):
+        yield f"results_dir: {spec.results_dir} is a URI; expected a local folder (put the sweep's checkpoints in object storage with automl.storage_uri)"
     metric = spec.automl.metric
     if metric and metric.split("/")[-1] not in METRIC_NAMES:
         yield f"automl.metric: '{metric}' is not a metric this platform computes; expected one of {sorted(METRIC_NAMES)}"
 
 
 def check_action_inputs(spec: DictConfig, action: str, need_checkpoint: bool = True) -> Iterator[str]:
-    """The inputs `action` reads must be set (and, for data, exist) before any work starts."""
+    """The inputs `action` reads must be set (and, for data, exist) before any work starts.
+
+    Object-storage URIs are checked against the store (automl.s3_endpoint_url, which this process
+    and the ones it starts use from now on); the first unreadable one raises at once.
+    """
     if action not in ACTIONS:
         raise ValueError(f"unknown action {action}")
+    storage.use_endpoint(spec.automl.s3_endpoint_url)
     yield from check_writable("results_dir", spec.results_dir)
     if spec[action].results_dir:
         yield from check_writable(f"{action}.results_dir", spec[action].results_dir)
-    if action == "train":  # the starting weights, when given
+    if action == "train":  # the starting weights and the sweep's storage, when given
         for key in ("model.backbone.pretrained_weights", "train.pretrained_model_path", "train.resume_training_checkpoint_path"):
             if OmegaConf.select(spec, key) not in ("", *CHECKPOINT_KEYWORDS):
                 yield from _check_path(spec, key)
+        if is_remote(spec.automl.storage_uri):
+            storage.check_writable(spec.automl.storage_uri, "automl.storage_uri")
     splits = {"train": ("train", "val"), "evaluate": ("val",)}.get(action, ())
     if splits or action == "inference":
         yield from _check_path(spec, "dataset.label_map")
@@ -327,8 +338,10 @@ def _check_split(spec: DictConfig, split: str) -> Iterator[str]:
     for name in SPLIT_PATHS[cfg.type]:
         yield from _check_path(spec, f"dataset.{split}.{name}", why=f"for dataset.{split}.type '{cfg.type}'")
     if cfg.type == "ade" and cfg.annot_file and cfg.root_dir:
-        annot = os.path.join(cfg.root_dir, cfg.annot_file)
-        if not os.path.exists(annot):
+        annot = os.path.join(cfg.root_dir, cfg.annot_file)  # a URI's '/' joins alike
+        if is_remote(annot):
+            storage.check_uri(annot, f"dataset.{split}.annot_file")
+        elif not os.path.exists(annot):
             yield f"dataset.{split}.annot_file: {annot} does not exist"
 
 
@@ -336,6 +349,8 @@ def _check_path(spec: DictConfig, key: str, why: str = "") -> Iterator[str]:
     value = OmegaConf.select(spec, key)
     if not value:
         yield f"{key}: required{' ' + why if why else ''}"
+    elif is_remote(value):
+        storage.check_uri(value, key)  # raises: an unreachable store or refused credentials would fail every URI alike
     elif not os.path.exists(value):
         yield f"{key}: {value} does not exist"
 

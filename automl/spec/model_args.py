@@ -106,6 +106,11 @@ def build_network(model_cfg: Any) -> Mask2Former:
         return build_mask2former(**model_kwargs(model_cfg))
 
 
+def data_cache_dir(spec: Any) -> Path:
+    """Where data archives are extracted and object-storage data downloaded."""
+    return Path(spec.results_dir) / "cache"
+
+
 def build_split_dataset(spec: Any, split: str, label_map: LabelMap, is_train: bool) -> SegmentationDataset:
     """dataset.<split> for the spec's task, with the training or evaluation augmentation of dataset.augmentation."""
     augmentation, files = spec.dataset.augmentation, spec.dataset[split]
@@ -116,7 +121,7 @@ def build_split_dataset(spec: Any, split: str, label_map: LabelMap, is_train: bo
             task=getattr(spec.model, TASK_KEY),
             label_map=label_map,
             transform=transform,
-            cache_root=Path(spec.results_dir) / "cache",
+            cache_root=data_cache_dir(spec),
             **{name: files[name] for name in SPLIT_ARGUMENTS},
         )
 

@@ -5,7 +5,7 @@ it with `collate`. Items, batches and ground truth are described in `model.data.
 `model.data.loader` and `model.data.targets`.
 """
 
-from model.data.archives import resolve_dir
+from model.data.archives import resolve_dir, resolve_file
 from model.data.build import DATASET_TYPES, TRAIN_AUGMENTATIONS, build_dataset, build_transform
 from model.data.check import check_dataset, check_files
 from model.data.dataset import SegmentationDataset
@@ -26,5 +26,6 @@ __all__ = [
     "check_files",
     "collate",
     "resolve_dir",
+    "resolve_file",
     "write_synthetic_dataset",
 ]

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Sequence
 
 from model.data.ade import AdeReader
-from model.data.archives import resolve_dir
+from model.data.archives import resolve_dir, resolve_file
 from model.data.coco_instance import CocoInstanceReader
 from model.data.coco_panoptic import CocoPanopticReader
 from model.data.dataset import AnnotationReader, SegmentationDataset, Transform
@@ -51,7 +51,8 @@ def build_dataset(
         task: 'panoptic' | 'instance' | 'semantic', which decides the targets.
         label_map: the categories and their train ids.
         transform: from `build_transform`.
-        cache_root: where .tar/.tar.gz image and PNG folders are extracted.
+        cache_root: where .tar/.tar.gz image and PNG folders are extracted and object-storage URIs
+            (any path may be an fsspec URI such as s3://bucket/key) downloaded.
     """
     paths = {"img_dir": img_dir, "panoptic_json": panoptic_json, "panoptic_dir": panoptic_dir, "instance_json": instance_json, "root_dir": root_dir}
     if dataset_type not in REQUIRED_PATHS:
@@ -59,12 +60,12 @@ def build_dataset(
     for name in REQUIRED_PATHS[dataset_type]:
         if not paths[name]:
             raise ArgumentError(name, f"empty, but dataset type {dataset_type!r} needs it")
-    folder = {name: resolve_dir(Path(paths[name]), cache_root) for name in ("img_dir", "panoptic_dir", "root_dir") if paths[name]}
+    folder = {name: resolve_dir(paths[name], cache_root) for name in ("img_dir", "panoptic_dir", "root_dir") if paths[name]}
     reader: AnnotationReader
     if dataset_type == "coco_panoptic":
-        reader = CocoPanopticReader(folder["img_dir"], Path(panoptic_json), folder["panoptic_dir"], label_map=label_map)
+        reader = CocoPanopticReader(folder["img_dir"], resolve_file(panoptic_json, cache_root), folder["panoptic_dir"], label_map=label_map)
     elif dataset_type == "coco":
-        reader = CocoInstanceReader(folder["img_dir"], Path(instance_json), label_map=label_map)
+        reader = CocoInstanceReader(folder["img_dir"], resolve_file(instance_json, cache_root), label_map=label_map)
     else:
         reader = AdeReader(folder["root_dir"], annot_file, label_map=label_map)
     return SegmentationDataset(reader=reader, transform=transform, task=task)

@@ -1,7 +1,9 @@
 """Reading the user's data files (JSON, JSON lines, images, label PNGs) with errors that name the file.
 
-Every failure a user can cause here (missing file, unparseable content, wrong image mode) is a
-`UserError` whose message says which file and what was expected.
+Every failure a user can cause here (missing file, unparseable content, wrong image mode, an
+object-storage URI that cannot be read) is a `UserError` whose message says which file and what
+was expected. Object storage is any fsspec URI (`s3://bucket/key`, `gs://...`); credentials and
+endpoints come from the environment the storage library reads (AWS_* variables for S3).
 """
 
 from __future__ import annotations
@@ -9,11 +11,63 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
+import fsspec
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from model.errors import UserError
+
+_LOCAL_PROTOCOLS = ("file", "local")
+
+
+def _storage_error_types() -> tuple[type[BaseException], ...]:
+    """What reading object storage raises for a bad URI, bad credentials or an unreachable store."""
+    types: list[type[BaseException]] = [OSError, TimeoutError]  # fsspec maps most failures to these
+    try:  # S3 through s3fs: botocore's own errors (e.g. EndpointConnectionError) pass through
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        types += [BotoCoreError, ClientError]
+    except ImportError:
+        pass
+    return tuple(types)
+
+
+STORAGE_ERRORS = _storage_error_types()
+
+
+def is_remote(path: str | Path) -> bool:
+    """Whether `path` is a URI of a non-local fsspec filesystem (s3://, gs://, http://, ...)."""
+    return isinstance(path, str) and "://" in path and fsspec.utils.get_protocol(path) not in _LOCAL_PROTOCOLS
+
+
+def redact(uri: str) -> str:
+    """`uri` without a user:password part, fit for messages and logs."""
+    parts = urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
+def remote_filesystem(uri: str, **storage_options: Any) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem of `uri` and the path inside it; a missing protocol package is a UserError."""
+    try:
+        return fsspec.url_to_fs(uri, **storage_options)
+    except (ImportError, ValueError) as e:
+        raise UserError(f"{redact(uri)}: cannot open this kind of URI ({e})") from None
+
+
+def storage_error(uri: str, error: BaseException) -> UserError:
+    """One line naming `uri` (without secrets) and what went wrong reading it from object storage."""
+    detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+    if isinstance(error, FileNotFoundError):
+        what = "no such bucket" if "bucket" in detail.lower() else "no such file or folder"
+    elif isinstance(error, PermissionError):
+        what = "access denied; check the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) and their rights"
+    else:  # connection refused, DNS, timeouts: botocore/aiohttp raise their own types
+        what = "cannot reach the object store; check the endpoint URL and the network"
+    return UserError(f"{redact(uri)}: {what} ({type(error).__name__}: {detail})")
 
 
 def read_json(path: str | Path) -> Any:

@@ -28,3 +28,15 @@ def test_two_process_ddp_training_and_its_merged_validation_metrics(synthetic_da
     single = evaluate_checkpoint(smoke_spec(), "latest")  # one process scores all 6 validation images
     for key in ("PQ", "mIoU", "AP", "pACC"):
         assert logged.data.metrics[f"val/{key}"] == pytest.approx(single[key], abs=1e-4), key
+
+
+def test_fsdp_on_a_machine_without_gpus_is_a_user_error_naming_the_key(smoke_spec, monkeypatch):
+    import torch
+
+    from automl.training import trainer_settings
+    from model.errors import UserError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match="^train.distributed_strategy: fsdp needs GPUs"):
+        trainer_settings(smoke_spec("train.num_gpus=2", "train.distributed_strategy=fsdp"))
+    assert trainer_settings(smoke_spec("train.num_gpus=2"))["strategy"] == "ddp"
