@@ -25,6 +25,7 @@ def train_once(
     if rank_zero_only.rank != 0:  # a DDP worker re-running the command: train only
         return run_training(spec, callbacks=callbacks, progress=False)
     tracker = Tracker.for_spec(spec, spec_path)
+    tracker.end_interrupted_runs(spec.results_dir)
     run_id = tracker.start_run(spec.model_name or "train", params=spec_params(spec), tags={**run_tags(spec), "automl.policy": "off"})
     if spec_path:
         tracker.log_artifact(run_id, spec_path, "spec")

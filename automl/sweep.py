@@ -190,6 +190,7 @@ def run_sweep(spec: DictConfig, spec_path: str | os.PathLike | None, resume: boo
         raise UserError(f"{experiment} holds an earlier sweep; continue it with --resume or choose another results_dir")
 
     tracker = Tracker.for_spec(spec, spec_path)
+    tracker.end_interrupted_runs(spec.results_dir)
     parent_id = _parent_run(tracker, spec, spec_path, state_file, resume, space)
     if not resume:  # where the sweep starts from: the starting weights (or an untrained model) on dataset.val
         baseline = evaluate_checkpoint(spec, spec.train.pretrained_model_path or None)
