@@ -145,13 +145,16 @@ def launch(
 
             train_once(cfg, spec)
             return
-        from automl.sweep import SweepInterrupted, run_sweep
+        from automl.sweep import SweepFailed, SweepInterrupted, run_sweep
 
         try:
             result = run_sweep(cfg, spec, resume=resume)
         except SweepInterrupted as stop:
             console.print(f"{stop}; continue it with: automl launch -e {spec} {' '.join(overrides or [])} --resume", highlight=False)
             raise typer.Exit(130)
+        except SweepFailed as failure:
+            Console(stderr=True).print(f"[bold red]sweep failed:[/] {failure}", highlight=False)
+            raise typer.Exit(1)
     print_leaderboard(cfg, spec, result.parent_run_id)
     console.print(f"best checkpoint: {result.best.checkpoint}", highlight=False)
     _print_ui_hint(cfg)

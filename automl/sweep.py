@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from ray import tune
 from rich.console import Console
 
 from automl.actions.evaluate import evaluate_checkpoint, write_metrics
+from automl.files import copy_file, write_json
 from automl.search import build_scheduler, build_searcher, check_combination, resolve_search_space
 from automl.tracking import TRIAL_TAG, Tracker, run_tags
 from automl.training import BEST_NAME, target_metric
@@ -38,6 +40,10 @@ SWEEP_STATE = "sweep.json"  # beside the Ray experiment: the MLflow parent run t
 
 class SweepInterrupted(Exception):
     """The sweep stopped before every trial ended (Ctrl-C or a signal); `--resume` continues it."""
+
+
+class SweepFailed(Exception):
+    """Every trial failed (an error, or a loss that became NaN): the sweep has no result."""
 
 
 @dataclass
@@ -222,11 +228,10 @@ def run_sweep(spec: DictConfig, spec_path: str | os.PathLike | None, resume: boo
                     name=name,
                     storage_path=str(root),
                     failure_config=tune.FailureConfig(max_failures=spec.automl.max_failures),
-                    # Best and latest per trial; PBT clones checkpoints of other trials that may
-                    # no longer be their latest, so under PBT every one stays until the end.
-                    checkpoint_config=tune.CheckpointConfig(
-                        num_to_keep=None if spec.automl.scheduler == "pbt" else 1, checkpoint_score_attribute=metric, checkpoint_score_order=mode
-                    ),
+                    # Every checkpoint stays while the sweep runs: the experiment state Tune saved last
+                    # (what --resume restores after a kill) may name any of them, and PBT clones
+                    # other trials' older ones. _prune_checkpoints trims them once the sweep ends.
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=None, checkpoint_score_attribute=metric, checkpoint_score_order=mode),
                     callbacks=[callback],
                     verbose=0,
                 ),
@@ -239,12 +244,18 @@ def run_sweep(spec: DictConfig, spec_path: str | os.PathLike | None, resume: boo
         if not spec.automl.ray_address:
             ray.shutdown()
 
-    if results.num_terminated + results.num_errors < spec.automl.num_samples:  # Ctrl-C: Tune saved its state
+    done = _trials_done(results)
+    if done < spec.automl.num_samples:  # Ctrl-C: Tune saved its state
         tracker.end_run(parent_id, "KILLED")
-        raise SweepInterrupted(f"sweep interrupted with {results.num_terminated + results.num_errors} of {spec.automl.num_samples} trials done")
+        raise SweepInterrupted(f"sweep interrupted with {done} of {spec.automl.num_samples} trials done")
+    failure = _all_failed(results, metric, experiment)
+    if failure:
+        tracker.end_run(parent_id, "FAILED")
+        raise SweepFailed(failure)
 
     outcome = _select_best(results, metric, mode, spec)
     _prune_checkpoints(results, metric, mode, spec.automl.keep_top_k, validations)
+    console.print(f"disk used by the sweep: {_disk_usage(experiment) / 2**20:.1f} MiB in {experiment}", highlight=False)
     if outcome.checkpoint is not None:
         final = evaluate_checkpoint(spec, str(outcome.checkpoint))
         tracker.log_metrics(parent_id, {f"final/{k}": v for k, v in final.items()}, step=0)
@@ -274,8 +285,7 @@ def _parent_run(tracker: Tracker, spec: DictConfig, spec_path: Any, state_file: 
     parent_id = tracker.start_run(f"sweep-{Path(spec_path).stem if spec_path else 'spec'}", params, {**run_tags(spec), "automl.policy": "on"})
     if spec_path:
         tracker.log_artifact(parent_id, spec_path, "spec")
-    state_file.parent.mkdir(parents=True, exist_ok=True)
-    state_file.write_text(json.dumps({"parent_run_id": parent_id, "tracking_uri": tracker.uri}))
+    write_json(state_file, {"parent_run_id": parent_id, "tracking_uri": tracker.uri})
     return parent_id
 
 
@@ -285,9 +295,13 @@ def _start_ray(spec: DictConfig) -> None:
     if spec.automl.ray_address:
         ray.init(address=spec.automl.ray_address, ignore_reinit_error=True)
     elif not ray.is_initialized():
-        # The dashboard (Ray's state API, which cleans up the Train runs of stopped multi-worker
-        # trials) starts when ray[default] is installed.
-        ray.init(include_dashboard=None, ignore_reinit_error=True, log_to_driver=False)
+        # A cluster of this sweep's own ("local": never join another Ray instance found on the
+        # machine, which would run another user's code and files). It serves nothing beyond this
+        # machine: no Prometheus exporter (it listens on every interface without authentication)
+        # and the dashboard on loopback. The dashboard (Ray's state API, which cleans up the Train
+        # runs of stopped multi-worker trials) starts when ray[default] is installed.
+        os.environ.setdefault("RAY_enable_metrics_collection", "0")
+        ray.init(address="local", include_dashboard=None, dashboard_host="127.0.0.1", ignore_reinit_error=True, log_to_driver=False)
 
 
 def _select_best(results: Any, metric: str, mode: str, spec: DictConfig) -> BestTrial:
@@ -304,11 +318,10 @@ def _select_best(results: Any, metric: str, mode: str, spec: DictConfig) -> Best
     source = _checkpoint_of(best, row, metric, mode)
     if source is not None:
         out = Path(spec.results_dir) / "best"
-        out.mkdir(parents=True, exist_ok=True)
         checkpoint_path = out / f"{BEST_NAME}.pth"
-        shutil.copy(source, checkpoint_path)
+        copy_file(source, checkpoint_path)
         record = {"trial": Path(best.path).name, "params": best.config, "metrics": metrics, "metric": metric, "mode": mode, "checkpoint": str(checkpoint_path), "created": time.time()}
-        (out / "best.json").write_text(json.dumps(record, indent=2, default=str))
+        write_json(out / "best.json", record)
     return BestTrial(Path(best.path).name, metrics, dict(best.config), checkpoint_path)
 
 
@@ -325,7 +338,8 @@ def _checkpoint_of(best: Any, row: Any, metric: str, mode: str) -> Path | None:
 
 
 def _prune_checkpoints(results: Any, metric: str, mode: str, keep_top_k: int, validations: int) -> None:
-    """Trials stopped early keep no checkpoint unless among the top `keep_top_k` by metric."""
+    """Once the sweep has ended: each trial keeps its best and its latest checkpoint; trials
+    stopped early keep none unless among the top `keep_top_k` by metric."""
     scored = []
     for result in results:
         if result.metrics_dataframe is None or metric not in result.metrics_dataframe:
@@ -333,10 +347,51 @@ def _prune_checkpoints(results: Any, metric: str, mode: str, keep_top_k: int, va
         values = result.metrics_dataframe[metric].dropna()
         best = (values.max() if mode == "max" else values.min()) if len(values) else float("nan")
         finished = int(result.metrics.get("training_iteration", 0)) >= validations
-        scored.append((best, finished, Path(result.path)))
+        scored.append((best, finished, result))
     ranked = sorted((s for s in scored if s[0] == s[0]), key=lambda s: s[0], reverse=mode == "max")
-    keep = {path for _, _, path in ranked[:keep_top_k]}
-    for _, finished, path in scored:
-        if not finished and path not in keep:
-            for directory in path.glob("checkpoint_*"):
+    top = {id(result) for _, _, result in ranked[:keep_top_k]}
+    for _, finished, result in scored:
+        keep = _best_and_latest(result, metric, mode) if finished or id(result) in top else set()
+        for directory in Path(result.path).glob("checkpoint_*"):
+            if directory.name not in keep:
                 shutil.rmtree(directory, ignore_errors=True)
+
+
+def _best_and_latest(result: Any, metric: str, mode: str) -> set[str]:
+    """Folder names of the trial's checkpoint at its best validation and of its latest one."""
+    sign = 1.0 if mode == "max" else -1.0
+    scored = [(checkpoint, metrics.get(metric)) for checkpoint, metrics in result.best_checkpoints]
+    finite = [(c, v) for c, v in scored if isinstance(v, (int, float)) and math.isfinite(v)]
+    keep = {Path(max(finite, key=lambda cv: sign * cv[1])[0].path).name} if finite else set()
+    if result.checkpoint is not None:
+        keep.add(Path(result.checkpoint.path).name)
+    return keep
+
+
+def _trials_done(results: Any) -> int:
+    """Trials that ended on their own (ran out, stopped by the scheduler, or failed); a trial
+    that Ctrl-C stopped is not done."""
+    return sum(1 for result in results if result.error is not None or result.metrics.get("done"))
+
+
+def _all_failed(results: Any, metric: str, experiment: Path) -> str | None:
+    """When no trial reported a finite metric: the message naming the most common trial error."""
+    if any(math.isfinite(v) for r in results if r.metrics_dataframe is not None and metric in r.metrics_dataframe for v in r.metrics_dataframe[metric]):
+        return None
+    errors = Counter(_error_line(result) for result in results)
+    error, count = errors.most_common(1)[0]
+    return f"all {len(results)} trials failed; most common error ({count} of {len(results)}): {error}; trial logs: {experiment}/*/error.txt"
+
+
+def _error_line(result: Any) -> str:
+    """One line for why a trial failed: its exception (Ray wraps it) or a NaN loss."""
+    if result.error is None:
+        return "the training loss became NaN" if result.metrics.get(STATUS_KEY) == "nan_loss" else "no finite value of the metric reported"
+    error = getattr(result.error, "cause", None) or result.error
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[-1] if lines else ''}"
+
+
+def _disk_usage(folder: Path) -> int:
+    """Bytes of the files under `folder`."""
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file() and not path.is_symlink())

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from automl.sweep import run_sweep
+from automl.sweep import SweepFailed, run_sweep
 from automl.tracking import TRIAL_TAG, tracking_uri
 from model.checkpoint import read_checkpoint
 from model.errors import UserError
@@ -70,6 +70,25 @@ def test_trials_keep_at_most_their_best_and_latest_checkpoints(sweep):
     spec, _ = sweep
     for trial_dir in (Path(spec.results_dir) / "automl" / "synthetic_smoke").glob("run_trial_*"):
         assert len(list(trial_dir.glob("checkpoint_*"))) <= 2
+
+
+def test_a_finished_sweep_leaves_no_lightning_checkpoints_and_bounded_disk(sweep):
+    spec, result = sweep
+    experiment = Path(spec.results_dir) / "automl" / "synthetic_smoke"
+    assert not list(Path(spec.results_dir).rglob("*.ckpt"))
+    used = sum(p.stat().st_size for p in experiment.rglob("*") if p.is_file())
+    checkpoint = result.best.checkpoint.stat().st_size
+    assert used < (2 * 4 + 1) * checkpoint  # each of 4 trials: its best and latest at most, plus logs
+
+
+def test_a_sweep_whose_every_trial_fails_raises_naming_the_error_and_fails_the_parent_run(smoke_spec):
+    # Every parameter frozen: each trial's optimiser gets no parameters and the trial fails.
+    spec = smoke_spec("train.freeze=[backbone,pixel_decoder,transformer_decoder]", "automl.num_samples=2", "automl.max_epochs=1", "automl.max_failures=0")
+    with pytest.raises(SweepFailed, match=r"all 2 trials failed; most common error \(2 of 2\): \w+Error: .*parameter.*; trial logs: .*/automl/synthetic_smoke/\*/error.txt"):
+        run_sweep(spec, SMOKE_SPEC)
+    client = MlflowClient(tracking_uri(spec))
+    parent, runs = children(client, spec)
+    assert parent.info.status == "FAILED" and {r.info.status for r in runs} == {"FAILED"}
 
 
 def test_search_space_errors_come_before_any_trial(smoke_spec):
