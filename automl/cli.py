@@ -7,6 +7,7 @@ traceback and exit with status 2.
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 from contextlib import nullcontext
@@ -273,6 +274,13 @@ def main() -> None:
         sys.exit(2)
     except NonFiniteLossError as err:  # the last good checkpoint stays in <results_dir>/train
         Console(stderr=True).print(f"[bold red]training stopped:[/] {err}", highlight=False)
+        sys.exit(1)
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # Every results file is written atomically: the last complete checkpoint stays.
+        where = f" writing {err.filename}" if err.filename else ""
+        Console(stderr=True).print(f"[bold red]disk full{where}:[/] {err.strerror}; free space and rerun the command: it continues from the last complete checkpoint", highlight=False)
         sys.exit(1)
 
 

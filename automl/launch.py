@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Sequence
 
@@ -31,11 +32,11 @@ def train_once(
         tracker.log_artifact(run_id, spec_path, "spec")
     try:
         result = run_training(spec, callbacks=[MlflowCallback(tracker, run_id), *callbacks], progress=progress)
-    except KeyboardInterrupt:
-        tracker.end_run(run_id, "KILLED")
-        raise
-    except BaseException:
-        tracker.end_run(run_id, "FAILED")
+    except BaseException as err:
+        # Best effort: on a full disk the store may not take it either; the next command on this
+        # results_dir then marks the run KILLED (Tracker.end_interrupted_runs).
+        with contextlib.suppress(Exception):
+            tracker.end_run(run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
     for checkpoint in (result.best_checkpoint, result.latest_checkpoint):
         if checkpoint is not None and checkpoint.exists():

@@ -27,6 +27,8 @@ from rich.console import Console
 
 from automl.actions.evaluate import evaluate_checkpoint, write_metrics
 from automl.files import copy_file, write_json
+from automl.resume_guard import ResumeGuard
+from automl.resume_guard import verify as verify_state
 from automl.search import build_scheduler, build_searcher, check_combination, resolve_search_space
 from automl.tracking import TRIAL_TAG, Tracker, run_tags
 from automl.training import BEST_NAME, target_metric
@@ -36,6 +38,7 @@ from model.errors import UserError
 log = logging.getLogger(__name__)
 console = Console()
 SWEEP_STATE = "sweep.json"  # beside the Ray experiment: the MLflow parent run to continue
+STATE_DIGESTS = "state-digests.json"  # beside it: the keyed digests --resume checks (resume_guard)
 
 
 class SweepInterrupted(Exception):
@@ -190,8 +193,11 @@ def run_sweep(spec: DictConfig, spec_path: str | os.PathLike | None, resume: boo
     name = Path(spec_path).stem if spec_path else "sweep"
     experiment = root / name
     state_file = root / f"{name}.{SWEEP_STATE}"
+    digests = root / f"{name}.{STATE_DIGESTS}"
     if resume and not tune.Tuner.can_restore(str(experiment)):
         raise UserError(f"--resume: no sweep to continue at {experiment}; run without --resume to start one")
+    if resume:
+        verify_state(experiment, digests)  # before Ray unpickles any of it
     if not resume and experiment.exists():
         raise UserError(f"{experiment} holds an earlier sweep; continue it with --resume or choose another results_dir")
 
@@ -232,7 +238,7 @@ def run_sweep(spec: DictConfig, spec_path: str | os.PathLike | None, resume: boo
                     # (what --resume restores after a kill) may name any of them, and PBT clones
                     # other trials' older ones. _prune_checkpoints trims them once the sweep ends.
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=None, checkpoint_score_attribute=metric, checkpoint_score_order=mode),
-                    callbacks=[callback],
+                    callbacks=[callback, ResumeGuard(experiment, digests)],
                     verbose=0,
                 ),
             )
@@ -241,6 +247,7 @@ def run_sweep(spec: DictConfig, spec_path: str | os.PathLike | None, resume: boo
         tracker.end_run(parent_id, "KILLED")
         raise
     finally:
+        ResumeGuard(experiment, digests).sign()  # the state Tune saved last, once its sync has ended
         if not spec.automl.ray_address:
             ray.shutdown()
 
@@ -292,6 +299,9 @@ def _parent_run(tracker: Tracker, spec: DictConfig, spec_path: Any, state_file: 
 def _start_ray(spec: DictConfig) -> None:
     # Checkpoints every validation are the point here; Tune's warning about them is noise.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # The experiment state (what --resume restores) saved every second rather than every 10 s
+    # or more: after a kill -9 a trial resumes from its newest checkpoint, not from scratch.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     if spec.automl.ray_address:
         ray.init(address=spec.automl.ray_address, ignore_reinit_error=True)
     elif not ray.is_initialized():
