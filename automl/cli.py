@@ -7,8 +7,10 @@ traceback and exit with status 2.
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -17,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.text import Text
 
+from automl.lock import results_lock
 from automl.spec import load_spec
 from automl.spec.load import check_writable
 from automl.spec.schema import DEFAULT_SCHEMA_DIR, write_schemas
@@ -148,21 +151,25 @@ def launch(
     """Train: a sweep over the search space (--policy on) or one plain run (--policy off), tracked in MLflow."""
     extra = [f"automl.{key}={value}" for key, value in (("policy", policy), ("tracking_uri", tracking_uri), ("ray_address", ray_address)) if value]
     cfg = load(spec, [*(overrides or []), *extra], action="train")
-    from automl.preflight import check_training_data
+    with results_lock(cfg.results_dir):
+        from automl.preflight import check_training_data
 
-    check_training_data(cfg, console)
-    if cfg.automl.policy == "off":
-        from automl.launch import train_once
+        check_training_data(cfg, console)
+        if cfg.automl.policy == "off":
+            from automl.launch import train_once
 
-        train_once(cfg, spec)
-        return
-    from automl.sweep import SweepInterrupted, run_sweep
+            train_once(cfg, spec)
+            return
+        from automl.sweep import SweepFailed, SweepInterrupted, run_sweep
 
-    try:
-        result = run_sweep(cfg, spec, resume=resume)
-    except SweepInterrupted as stop:
-        console.print(f"{stop}; continue it with: automl launch -e {spec} {' '.join(overrides or [])} --resume", highlight=False)
-        raise typer.Exit(130)
+        try:
+            result = run_sweep(cfg, spec, resume=resume)
+        except SweepInterrupted as stop:
+            console.print(f"{stop}; continue it with: automl launch -e {spec} {' '.join(overrides or [])} --resume", highlight=False)
+            raise typer.Exit(130)
+        except SweepFailed as failure:
+            Console(stderr=True).print(f"[bold red]sweep failed:[/] {failure}", highlight=False)
+            raise typer.Exit(1)
     print_leaderboard(cfg, spec, result.parent_run_id)
     console.print(f"best checkpoint: {result.best.checkpoint}", highlight=False)
     _print_ui_hint(cfg)
@@ -180,12 +187,13 @@ def evaluate(
     from automl.training import build_label_map
 
     cfg = load(spec, overrides, "evaluate", need_checkpoint=predictions is None)
-    if predictions is not None:
-        metrics = evaluate_predictions(cfg, predictions)
-    else:
-        metrics = evaluate_checkpoint(cfg, cfg.evaluate.checkpoint, batch_size or (cfg.evaluate.batch_size if cfg.evaluate.batch_size > 0 else None))
-    out = Path(cfg.evaluate.results_dir or Path(cfg.results_dir) / "evaluate")
-    path = write_metrics(metrics, out, build_label_map(cfg))
+    with nullcontext() if predictions is not None else results_lock(cfg.results_dir):
+        if predictions is not None:
+            metrics = evaluate_predictions(cfg, predictions)
+        else:
+            metrics = evaluate_checkpoint(cfg, cfg.evaluate.checkpoint, batch_size or (cfg.evaluate.batch_size if cfg.evaluate.batch_size > 0 else None))
+        out = Path(cfg.evaluate.results_dir or Path(cfg.results_dir) / "evaluate")
+        path = write_metrics(metrics, out, build_label_map(cfg))
     print_metrics(metrics)
     console.print(f"wrote {path}", highlight=False)
 
@@ -202,7 +210,8 @@ def inference(
     cfg = load(spec, overrides, action="inference")
     if cfg.inference.trt_engine:
         raise UserError("inference.trt_engine: TensorRT engines are not run by this release; set inference.checkpoint instead")
-    run_inference(cfg, cfg.inference.checkpoint, batch_size)
+    with results_lock(cfg.results_dir):
+        run_inference(cfg, cfg.inference.checkpoint, batch_size)
 
 
 @app.command()
@@ -284,6 +293,13 @@ def main() -> None:
         sys.exit(2)
     except NonFiniteLossError as err:  # the last good checkpoint stays in <results_dir>/train
         _print_error("training stopped:", err)
+        sys.exit(1)
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # Every results file is written atomically: the last complete checkpoint stays.
+        where = f" writing {err.filename}" if err.filename else ""
+        Console(stderr=True).print(f"[bold red]disk full{where}:[/] {err.strerror}; free space and rerun the command: it continues from the last complete checkpoint", highlight=False)
         sys.exit(1)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Sequence
 
@@ -25,16 +26,17 @@ def train_once(
     if rank_zero_only.rank != 0:  # a DDP worker re-running the command: train only
         return run_training(spec, callbacks=callbacks, progress=False)
     tracker = Tracker.for_spec(spec, spec_path)
+    tracker.end_interrupted_runs(spec.results_dir)
     run_id = tracker.start_run(spec.model_name or "train", params=spec_params(spec), tags={**run_tags(spec), "automl.policy": "off"})
     if spec_path:
         tracker.log_artifact(run_id, spec_path, "spec")
     try:
         result = run_training(spec, callbacks=[MlflowCallback(tracker, run_id), *callbacks], progress=progress)
-    except KeyboardInterrupt:
-        tracker.end_run(run_id, "KILLED")
-        raise
-    except BaseException:
-        tracker.end_run(run_id, "FAILED")
+    except BaseException as err:
+        # Best effort: on a full disk the store may not take it either; the next command on this
+        # results_dir then marks the run KILLED (Tracker.end_interrupted_runs).
+        with contextlib.suppress(Exception):
+            tracker.end_run(run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
     for checkpoint in (result.best_checkpoint, result.latest_checkpoint):
         if checkpoint is not None and checkpoint.exists():

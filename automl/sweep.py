@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,21 +27,29 @@ from ray import tune
 from rich.console import Console
 
 from automl.actions.evaluate import evaluate_checkpoint, write_metrics
+from automl.files import copy_file, write_json
+from automl.resume_guard import ResumeGuard
+from automl.resume_guard import verify as verify_state
 from automl.search import build_scheduler, build_searcher, check_combination, resolve_search_space
 from automl.storage import exists, sweep_filesystem, worker_env
 from automl.tracking import TRIAL_TAG, Tracker, run_tags
 from automl.training import BEST_NAME, target_metric
 from automl.trial import CHECKPOINT_FILE, STATUS_KEY, run_trial
-from model.data.files import redact
+from model.data.files import is_remote, redact
 from model.errors import UserError
 
 log = logging.getLogger(__name__)
 console = Console()
 SWEEP_STATE = "sweep.json"  # beside the Ray experiment: the MLflow parent run to continue
+STATE_DIGESTS = "state-digests.json"  # beside it: the keyed digests --resume checks (resume_guard)
 
 
 class SweepInterrupted(Exception):
     """The sweep stopped before every trial ended (Ctrl-C or a signal); `--resume` continues it."""
+
+
+class SweepFailed(Exception):
+    """Every trial failed (an error, or a loss that became NaN): the sweep has no result."""
 
 
 @dataclass
@@ -189,12 +198,19 @@ def run_sweep(spec: DictConfig, spec_path: str | os.PathLike | None, resume: boo
     storage_fs, storage_path = sweep_filesystem(storage)
     experiment, shown = f"{storage_path}/{name}", f"{redact(storage).rstrip('/')}/{name}"
     state_file = root / f"{name}.{SWEEP_STATE}"
+    digests = root / f"{name}.{STATE_DIGESTS}"
+    # --resume trusts only state this installation signed; state in object storage is as trusted
+    # as the bucket's access control (README: the trust boundary).
+    local_storage = not is_remote(storage)
     if resume and not tune.Tuner.can_restore(experiment, storage_filesystem=storage_fs):
         raise UserError(f"--resume: no sweep to continue at {shown}; run without --resume to start one")
+    if resume and local_storage:
+        verify_state(Path(experiment), digests)  # before Ray unpickles any of it
     if not resume and exists(storage_fs, experiment):
         raise UserError(f"{shown} holds an earlier sweep; continue it with --resume or choose another results_dir or automl.storage_uri")
 
     tracker = Tracker.for_spec(spec, spec_path)
+    tracker.end_interrupted_runs(spec.results_dir)
     parent_id = _parent_run(tracker, spec, spec_path, state_file, resume, space)
     if not resume:  # where the sweep starts from: the starting weights (or an untrained model) on dataset.val
         baseline = evaluate_checkpoint(spec, spec.train.pretrained_model_path or None)
@@ -227,12 +243,11 @@ def run_sweep(spec: DictConfig, spec_path: str | os.PathLike | None, resume: boo
                     storage_path=storage_path,
                     storage_filesystem=storage_fs,
                     failure_config=tune.FailureConfig(max_failures=spec.automl.max_failures),
-                    # Best and latest per trial; PBT clones checkpoints of other trials that may
-                    # no longer be their latest, so under PBT every one stays until the end.
-                    checkpoint_config=tune.CheckpointConfig(
-                        num_to_keep=None if spec.automl.scheduler == "pbt" else 1, checkpoint_score_attribute=metric, checkpoint_score_order=mode
-                    ),
-                    callbacks=[callback],
+                    # Every checkpoint stays while the sweep runs: the experiment state Tune saved last
+                    # (what --resume restores after a kill) may name any of them, and PBT clones
+                    # other trials' older ones. _prune_checkpoints trims them once the sweep ends.
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=None, checkpoint_score_attribute=metric, checkpoint_score_order=mode),
+                    callbacks=[callback, *([ResumeGuard(Path(experiment), digests)] if local_storage else [])],
                     verbose=0,
                 ),
             )
@@ -241,15 +256,24 @@ def run_sweep(spec: DictConfig, spec_path: str | os.PathLike | None, resume: boo
         tracker.end_run(parent_id, "KILLED")
         raise
     finally:
+        if local_storage:
+            ResumeGuard(Path(experiment), digests).sign()  # the state Tune saved last, once its sync has ended
         if not spec.automl.ray_address:
             ray.shutdown()
 
-    if results.num_terminated + results.num_errors < spec.automl.num_samples:  # Ctrl-C: Tune saved its state
+    done = _trials_done(results)
+    if done < spec.automl.num_samples:  # Ctrl-C: Tune saved its state
         tracker.end_run(parent_id, "KILLED")
-        raise SweepInterrupted(f"sweep interrupted with {results.num_terminated + results.num_errors} of {spec.automl.num_samples} trials done")
+        raise SweepInterrupted(f"sweep interrupted with {done} of {spec.automl.num_samples} trials done")
+    failure = _all_failed(results, metric, shown)
+    if failure:
+        tracker.end_run(parent_id, "FAILED")
+        raise SweepFailed(failure)
 
     outcome = _select_best(results, metric, mode, spec)
     _prune_checkpoints(results, metric, mode, spec.automl.keep_top_k, validations)
+    if local_storage:
+        console.print(f"disk used by the sweep: {_disk_usage(Path(experiment)) / 2**20:.1f} MiB in {experiment}", highlight=False)
     if outcome.checkpoint is not None:
         final = evaluate_checkpoint(spec, str(outcome.checkpoint))
         tracker.log_metrics(parent_id, {f"final/{k}": v for k, v in final.items()}, step=0)
@@ -279,8 +303,7 @@ def _parent_run(tracker: Tracker, spec: DictConfig, spec_path: Any, state_file: 
     parent_id = tracker.start_run(f"sweep-{Path(spec_path).stem if spec_path else 'spec'}", params, {**run_tags(spec), "automl.policy": "on"})
     if spec_path:
         tracker.log_artifact(parent_id, spec_path, "spec")
-    state_file.parent.mkdir(parents=True, exist_ok=True)
-    state_file.write_text(json.dumps({"parent_run_id": parent_id, "tracking_uri": tracker.uri}))
+    write_json(state_file, {"parent_run_id": parent_id, "tracking_uri": tracker.uri})
     return parent_id
 
 
@@ -289,12 +312,19 @@ def _start_ray(spec: DictConfig) -> None:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     env = worker_env()  # the object-storage endpoint, also for workers on other machines
     runtime_env = {"env_vars": env} if env else None
+    # The experiment state (what --resume restores) saved every second rather than every 10 s
+    # or more: after a kill -9 a trial resumes from its newest checkpoint, not from scratch.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     if spec.automl.ray_address:
         ray.init(address=spec.automl.ray_address, ignore_reinit_error=True, runtime_env=runtime_env)
     elif not ray.is_initialized():
-        # The dashboard (Ray's state API, which cleans up the Train runs of stopped multi-worker
-        # trials) starts when ray[default] is installed.
-        ray.init(include_dashboard=None, ignore_reinit_error=True, log_to_driver=False, runtime_env=runtime_env)
+        # A cluster of this sweep's own ("local": never join another Ray instance found on the
+        # machine, which would run another user's code and files). It serves nothing beyond this
+        # machine: no Prometheus exporter (it listens on every interface without authentication)
+        # and the dashboard on loopback. The dashboard (Ray's state API, which cleans up the Train
+        # runs of stopped multi-worker trials) starts when ray[default] is installed.
+        os.environ.setdefault("RAY_enable_metrics_collection", "0")
+        ray.init(address="local", include_dashboard=None, dashboard_host="127.0.0.1", ignore_reinit_error=True, log_to_driver=False, runtime_env=runtime_env)
 
 
 def _select_best(results: Any, metric: str, mode: str, spec: DictConfig) -> BestTrial:
@@ -311,12 +341,11 @@ def _select_best(results: Any, metric: str, mode: str, spec: DictConfig) -> Best
     source = _checkpoint_of(best, row, metric, mode)
     if source is not None:
         out = Path(spec.results_dir) / "best"
-        out.mkdir(parents=True, exist_ok=True)
         checkpoint_path = out / f"{BEST_NAME}.pth"
         with source.as_directory() as directory:  # downloaded when the sweep's storage is remote
-            shutil.copy(Path(directory) / CHECKPOINT_FILE, checkpoint_path)
+            copy_file(Path(directory) / CHECKPOINT_FILE, checkpoint_path)
         record = {"trial": Path(best.path).name, "params": best.config, "metrics": metrics, "metric": metric, "mode": mode, "checkpoint": str(checkpoint_path), "created": time.time()}
-        (out / "best.json").write_text(json.dumps(record, indent=2, default=str))
+        write_json(out / "best.json", record)
     return BestTrial(Path(best.path).name, metrics, dict(best.config), checkpoint_path)
 
 
@@ -333,7 +362,8 @@ def _checkpoint_of(best: Any, row: Any, metric: str, mode: str) -> tune.Checkpoi
 
 
 def _prune_checkpoints(results: Any, metric: str, mode: str, keep_top_k: int, validations: int) -> None:
-    """Trials stopped early keep no checkpoint unless among the top `keep_top_k` by metric."""
+    """Once the sweep has ended: each trial keeps its best and its latest checkpoint; trials
+    stopped early keep none unless among the top `keep_top_k` by metric."""
     scored = []
     for result in results:
         if result.metrics_dataframe is None or metric not in result.metrics_dataframe:
@@ -343,9 +373,49 @@ def _prune_checkpoints(results: Any, metric: str, mode: str, keep_top_k: int, va
         finished = int(result.metrics.get("training_iteration", 0)) >= validations
         scored.append((best, finished, result))
     ranked = sorted((s for s in scored if s[0] == s[0]), key=lambda s: s[0], reverse=mode == "max")
-    keep = {result.path for _, _, result in ranked[:keep_top_k]}
+    top = {id(result) for _, _, result in ranked[:keep_top_k]}
     for _, finished, result in scored:
-        if not finished and result.path not in keep:
-            for entry in result.filesystem.get_file_info(pyarrow.fs.FileSelector(result.path)):
-                if entry.type == pyarrow.fs.FileType.Directory and entry.base_name.startswith("checkpoint_"):
-                    result.filesystem.delete_dir(entry.path)
+        keep = _best_and_latest(result, metric, mode) if finished or id(result) in top else set()
+        for entry in result.filesystem.get_file_info(pyarrow.fs.FileSelector(result.path)):
+            if entry.type == pyarrow.fs.FileType.Directory and entry.base_name.startswith("checkpoint_") and entry.base_name not in keep:
+                result.filesystem.delete_dir(entry.path)
+
+
+def _best_and_latest(result: Any, metric: str, mode: str) -> set[str]:
+    """Folder names of the trial's checkpoint at its best validation and of its latest one."""
+    sign = 1.0 if mode == "max" else -1.0
+    scored = [(checkpoint, metrics.get(metric)) for checkpoint, metrics in result.best_checkpoints]
+    finite = [(c, v) for c, v in scored if isinstance(v, (int, float)) and math.isfinite(v)]
+    keep = {Path(max(finite, key=lambda cv: sign * cv[1])[0].path).name} if finite else set()
+    if result.checkpoint is not None:
+        keep.add(Path(result.checkpoint.path).name)
+    return keep
+
+
+def _trials_done(results: Any) -> int:
+    """Trials that ended on their own (ran out, stopped by the scheduler, or failed); a trial
+    that Ctrl-C stopped is not done."""
+    return sum(1 for result in results if result.error is not None or result.metrics.get("done"))
+
+
+def _all_failed(results: Any, metric: str, experiment: str) -> str | None:
+    """When no trial reported a finite metric: the message naming the most common trial error."""
+    if any(math.isfinite(v) for r in results if r.metrics_dataframe is not None and metric in r.metrics_dataframe for v in r.metrics_dataframe[metric]):
+        return None
+    errors = Counter(_error_line(result) for result in results)
+    error, count = errors.most_common(1)[0]
+    return f"all {len(results)} trials failed; most common error ({count} of {len(results)}): {error}; trial logs: {experiment}/*/error.txt"
+
+
+def _error_line(result: Any) -> str:
+    """One line for why a trial failed: its exception (Ray wraps it) or a NaN loss."""
+    if result.error is None:
+        return "the training loss became NaN" if result.metrics.get(STATUS_KEY) == "nan_loss" else "no finite value of the metric reported"
+    error = getattr(result.error, "cause", None) or result.error
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[-1] if lines else ''}"
+
+
+def _disk_usage(folder: Path) -> int:
+    """Bytes of the files under `folder`."""
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file() and not path.is_symlink())

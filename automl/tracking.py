@@ -26,6 +26,7 @@ from model.data.files import is_remote
 from model.errors import UserError
 
 TRIAL_TAG = "automl.trial_id"
+RESULTS_TAG = "automl.results_dir"  # the folder whose command writes the run (one writer per folder)
 PARENT_TAG = "mlflow.parentRunId"
 REGISTERED_MODEL = "mask2former"
 
@@ -91,6 +92,7 @@ def run_tags(spec: DictConfig) -> dict[str, str]:
         "mode": spec.model.mode,
         "backbone": backbone,
         "dataset": spec.dataset.train.name or spec.dataset.train.type,
+        RESULTS_TAG: str(Path(spec.results_dir).resolve()),
     }
 
 
@@ -154,6 +156,18 @@ class Tracker:
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
+
+    def end_interrupted_runs(self, results_dir: str | os.PathLike) -> list[str]:
+        """Marks KILLED the runs of `results_dir` still RUNNING: their command was killed (kill -9,
+        power loss, a full disk) before it could end them. Call it holding the folder's lock,
+        when no other command can be writing them. Returns their ids."""
+        folder = str(Path(results_dir).resolve())
+        experiments = [e.experiment_id for e in self.client.search_experiments()]
+        running = self.client.search_runs(experiments, filter_string="attributes.status = 'RUNNING'", max_results=10000)
+        stale = [run.info.run_id for run in running if run.data.tags.get(RESULTS_TAG) == folder]
+        for run_id in stale:
+            self.end_run(run_id, "KILLED")
+        return stale
 
     def register(self, run_id: str, artifact_path: str, name: str = REGISTERED_MODEL) -> int:
         """Register an artifact of `run_id` as a new version of model `name`; returns the version."""

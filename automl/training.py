@@ -7,15 +7,19 @@ it with a Tune-report callback. Nothing here knows about Ray or MLflow.
 from __future__ import annotations
 
 import logging
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.plugins import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
+from automl.files import atomic_write, replace_symlink
 from automl.spec.model_args import build_network, build_split_dataset, data_cache_dir, spec_keys_in_errors
 from model.checkpoint import load_weights, read_checkpoint
 from model.criterion import SetCriterion
@@ -56,13 +60,65 @@ class TrainResult:
 
 
 class SpecCheckpoint(ModelCheckpoint):
-    """Checkpoints named as the reference names them (`.pth`, and the latest link)."""
+    """Checkpoints named as the reference names them (`.pth`, and the latest link).
+
+    A name is always reused, never versioned (`latest-v1`): a rerun replaces the latest link
+    and the best file, so `checkpoint=latest` and the next resume find the newest.
+    """
 
     FILE_EXTENSION = ".pth"
     CHECKPOINT_NAME_LAST = LATEST_NAME
 
     def __init__(self, **kwargs: Any):
-        super().__init__(auto_insert_metric_name=False, **kwargs)
+        super().__init__(auto_insert_metric_name=False, enable_version_counter=False, **kwargs)
+
+    @staticmethod
+    def _link_checkpoint(trainer: pl.Trainer, filepath: str, linkpath: str) -> None:
+        # Lightning removes the old link before making the new one: a kill in between leaves none.
+        if trainer.is_global_zero and Path(filepath).absolute() != Path(linkpath).absolute():
+            replace_symlink(filepath, linkpath)
+        trainer.strategy.barrier()
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoint files written through a temporary file beside them (a kill or full disk leaves the old one)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        with atomic_write(path) as f:
+            torch.save(checkpoint, f)
+
+
+class RngState(Callback):
+    """Saves the random generators (Python, NumPy, torch CPU and CUDA) with every checkpoint and
+    restores them on resume, so a resumed run draws what an uninterrupted one would have drawn
+    (augmentations, point sampling, drop path). Stored as tensors and plain values, so the
+    checkpoint still loads with `weights_only=True`."""
+
+    def state_dict(self) -> dict[str, Any]:
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        return {
+            "python": random.getstate(),
+            "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        version, internal, gauss = state_dict["python"]
+        random.setstate((version, tuple(internal), gauss))
+        kind, keys, pos, has_gauss, cached = state_dict["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+        torch.set_rng_state(state_dict["torch"])
+        if state_dict["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])
+
+
+class ValidateLastEpoch(Callback):
+    """Validates after the last epoch even when num_epochs is not a multiple of validation_interval."""
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.max_epochs is not None and trainer.current_epoch + 1 == trainer.max_epochs:
+            trainer.check_val_every_n_epoch = 1
 
 
 class AttachSpec(Callback):
@@ -210,7 +266,7 @@ def checkpoint_callbacks(spec: DictConfig, directory: Path, metric: str) -> list
         save_on_train_epoch_end=True,
     )
     best = SpecCheckpoint(
-        dirpath=directory, filename=BEST_NAME, monitor=f"val/{metric}", mode=spec.automl.mode, save_top_k=1, enable_version_counter=False
+        dirpath=directory, filename=BEST_NAME, monitor=f"val/{metric}", mode=spec.automl.mode, save_top_k=1
     )
     return [periodic, best]
 
@@ -254,7 +310,14 @@ def run_training(
     tracker = BestMetrics(metric, spec.automl.mode)
     saving = checkpoint_callbacks(spec, directory, metric) if keep_checkpoints else []
     bars = [RichProgressBar(leave=True)] if progress else []
-    trainer = pl.Trainer(**{**trainer_settings(spec), **trainer_overrides}, callbacks=[AttachSpec(spec), *saving, tracker, *bars, *callbacks], enable_progress_bar=progress)
+    plugins = [AtomicCheckpointIO(), *trainer_overrides.pop("plugins", [])]
+    trainer = pl.Trainer(
+        **{**trainer_settings(spec), **trainer_overrides},
+        callbacks=[AttachSpec(spec), RngState(), ValidateLastEpoch(), *saving, tracker, *bars, *callbacks],
+        plugins=plugins,
+        enable_progress_bar=progress,
+        enable_checkpointing=keep_checkpoints,  # else Lightning adds its own epoch=*.ckpt files
+    )
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     latest = directory / f"{LATEST_NAME}.pth"
     best = saving[1].best_model_path if saving else ""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import tempfile
 import threading
 import time
@@ -22,12 +21,15 @@ from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 from ray import tune
 
+from automl.files import copy_file
 from automl.spec.load import apply_values
-from automl.training import LATEST_NAME, run_training
+from automl.training import run_training
 from model.errors import NonFiniteLossError
 
 log = logging.getLogger(__name__)
-CHECKPOINT_FILE = f"{LATEST_NAME}.pth"
+# The file in each checkpoint a trial reports to Tune: the model at that validation (Tune keeps them
+# by score and recency; the sweep picks the winner's best among them).
+CHECKPOINT_FILE = "model_at_validation.pth"
 # Keys reported to Tune besides the validation metrics.
 STATUS_KEY = "trial_status"
 
@@ -74,9 +76,8 @@ def _train(spec: DictConfig, metric: str, timeout_minutes: float, report: Callab
 
 def _local_copy(checkpoint: tune.Checkpoint, trial_dir: Path) -> str:
     local = trial_dir / "restored.pth"
-    local.parent.mkdir(parents=True, exist_ok=True)
     with checkpoint.as_directory() as directory:
-        shutil.copy(Path(directory) / CHECKPOINT_FILE, local)
+        copy_file(Path(directory) / CHECKPOINT_FILE, local)
     return str(local)
 
 
@@ -122,7 +123,7 @@ def _ray_train_worker(config: dict) -> None:
 
 
 class TuneReport(Callback):
-    """After every validation: the metrics to Tune, with a checkpoint Tune keeps (best and latest).
+    """After every validation: the metrics to Tune, with the checkpoint of the model at that validation.
 
     `report` is `ray.tune.report` in a trial process, or `ray.train.report` in the workers of a
     multi-GPU trial (every worker reports; the first one's checkpoint is kept).

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from automl.sweep import run_sweep
+from automl.sweep import SweepFailed, run_sweep
 from automl.tracking import TRIAL_TAG, tracking_uri
 from model.checkpoint import read_checkpoint
 from model.errors import UserError
@@ -72,6 +73,25 @@ def test_trials_keep_at_most_their_best_and_latest_checkpoints(sweep):
         assert len(list(trial_dir.glob("checkpoint_*"))) <= 2
 
 
+def test_a_finished_sweep_leaves_no_lightning_checkpoints_and_bounded_disk(sweep):
+    spec, result = sweep
+    experiment = Path(spec.results_dir) / "automl" / "synthetic_smoke"
+    assert not list(Path(spec.results_dir).rglob("*.ckpt"))
+    used = sum(p.stat().st_size for p in experiment.rglob("*") if p.is_file())
+    checkpoint = result.best.checkpoint.stat().st_size
+    assert used < (2 * 4 + 1) * checkpoint  # each of 4 trials: its best and latest at most, plus logs
+
+
+def test_a_sweep_whose_every_trial_fails_raises_naming_the_error_and_fails_the_parent_run(smoke_spec):
+    # Every parameter frozen: each trial's optimiser gets no parameters and the trial fails.
+    spec = smoke_spec("train.freeze=[backbone,pixel_decoder,transformer_decoder]", "automl.num_samples=2", "automl.max_epochs=1", "automl.max_failures=0")
+    with pytest.raises(SweepFailed, match=r"all 2 trials failed; most common error \(2 of 2\): \w+Error: .*parameter.*; trial logs: .*/automl/synthetic_smoke/\*/error.txt"):
+        run_sweep(spec, SMOKE_SPEC)
+    client = MlflowClient(tracking_uri(spec))
+    parent, runs = children(client, spec)
+    assert parent.info.status == "FAILED" and {r.info.status for r in runs} == {"FAILED"}
+
+
 def test_search_space_errors_come_before_any_trial(smoke_spec):
     spec = smoke_spec("automl.search_space={train.optim.momentum: {}}")
     with pytest.raises(UserError, match="train.optim.momentum.*not automl-enabled"):
@@ -119,6 +139,50 @@ def test_an_interrupted_sweep_resumes_and_accounts_for_every_trial(synthetic_dat
     assert len(runs) == 5 and len({r.data.tags[TRIAL_TAG] for r in runs}) == 5  # none rerun, none duplicated
     assert all(r.info.status == "FINISHED" for r in runs)
     assert (tmp_path / "best" / "mask2former_model_best.pth").exists()
+
+
+def saved_checkpoints(experiment):
+    """{trial id: its newest checkpoint folder} in the experiment state Tune last saved (what --resume reads)."""
+    for path in experiment.glob("experiment_state-*.json"):
+        try:
+            trials = json.loads(path.read_text())["trial_data"]
+        except (OSError, ValueError):  # being rewritten
+            return {}
+        newest = {}
+        for state, meta in trials:
+            manager = bytes.fromhex(json.loads(meta)["checkpoint_manager"]["value"])  # Tune pickles it
+            found = sorted(set(re.findall(rb"checkpoint_\d{6}", manager)))
+            newest[json.loads(state)["trial_id"]] = found[-1].decode() if found else None
+        return newest
+    return {}
+
+
+def test_kill_9_in_the_last_epoch_then_resume_keeps_the_finished_trial_and_continues_the_other(synthetic_data, tmp_path):
+    # Two trials one after the other, each validated after every one of its 3 epochs; the kill
+    # comes when the saved state has the first trial done and the second at 2 of 3 validations.
+    args = ["automl.num_samples=2", "automl.max_epochs=3", "train.validation_interval=1", "automl.grace_period=1", "automl.scheduler=fifo"]
+    experiment = tmp_path / "automl" / "synthetic_smoke"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    first = launch(args, tmp_path, synthetic_data)
+    # Kill when the saved state has the first trial done and the second at its second of three.
+    wait_for(lambda: (len(finished_children(uri)) == 1 and sorted(v or "" for v in saved_checkpoints(experiment).values()) == ["checkpoint_000001", "checkpoint_000002"])
+             or (first.poll() is not None and pytest.fail(first.stdout.read())))
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    [finished] = finished_children(uri)
+
+    second = launch(["--resume", *args], tmp_path, synthetic_data)
+    output = second.communicate(timeout=600)[0]
+    assert second.returncode == 0, output
+    client = MlflowClient(uri)
+    runs = {r.data.tags[TRIAL_TAG]: r for r in client.search_runs([finished.info.experiment_id], "tags.`mlflow.parentRunId` != ''")}
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs.values())
+    trial = finished.data.tags[TRIAL_TAG]
+    assert runs[trial].info.end_time == finished.info.end_time  # untouched by the resume
+    [other] = [r for t, r in runs.items() if t != trial]
+    assert sorted(m.step for m in client.get_metric_history(other.info.run_id, "PQ")) == [1, 2, 3]  # continued, not restarted
+    for trial_dir in experiment.glob("run_trial_*"):
+        assert list(trial_dir.glob("checkpoint_*/model_at_validation.pth")), trial_dir
 
 
 def test_resume_without_a_sweep_is_refused(smoke_spec):

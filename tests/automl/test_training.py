@@ -164,3 +164,47 @@ def test_a_resumed_run_takes_the_lr_of_its_spec_not_of_the_checkpoint(smoke_spec
     resumed = Record()
     run_training(spec, callbacks=[resumed], progress=False)
     assert [lr for _, _, lr, _ in resumed.steps] == pytest.approx([spec.train.optim.lr] * len(resumed.steps))
+
+
+def final_weights(spec):
+    return read_checkpoint(train_dir(spec) / f"{LATEST_NAME}.pth")["state_dict"]
+
+
+def test_a_run_stopped_after_epoch_2_and_resumed_ends_with_the_weights_of_an_uninterrupted_run(smoke_spec, tmp_path):
+    # Drop path, point sampling and augmentation all draw random numbers: without the generators'
+    # states in the checkpoint the resumed epoch draws others.
+    straight = smoke_spec("train.num_epochs=3", "train.validation_interval=3", f"results_dir={tmp_path / 'straight'}")
+    run_training(straight, progress=False)
+    interrupted = smoke_spec("train.num_epochs=3", "train.validation_interval=3", f"results_dir={tmp_path / 'interrupted'}")
+    run_training(interrupted, callbacks=[StopAfter(2)], progress=False)
+    run_training(interrupted, progress=False)
+    expected, resumed = final_weights(straight), final_weights(interrupted)
+    assert expected.keys() == resumed.keys()
+    assert all(torch.equal(expected[k], resumed[k]) for k in expected)
+
+
+def test_a_rerun_after_a_stop_in_epoch_1_moves_the_latest_link_to_the_newest_checkpoint(smoke_spec):
+    spec = smoke_spec("train.num_epochs=2", "train.validation_interval=2")
+    run_training(spec, callbacks=[StopAfter(1)], progress=False)  # as a kill during epoch 1 leaves it
+    run_training(spec, progress=False)
+    directory = train_dir(spec)
+    latest = directory / f"{LATEST_NAME}.pth"
+    assert latest.is_symlink() and read_checkpoint(latest)["epoch"] == 1
+    assert sorted(p.name for p in directory.glob("mask2former_model_*")) == [f"{BEST_NAME}.pth", f"{LATEST_NAME}.pth"]
+    assert latest.resolve() == directory / "model_epoch_001_step_00010.pth"  # what checkpoint=latest reads
+    spec.train.num_epochs = 3  # the next rerun continues from the newest checkpoint
+    resumed = Record()
+    run_training(spec, callbacks=[resumed], progress=False)
+    assert {epoch for epoch, *_ in resumed.steps} == {2}
+
+
+def test_the_last_epoch_is_validated_when_num_epochs_is_not_a_multiple_of_the_interval(smoke_spec):
+    spec = smoke_spec("train.num_epochs=1")  # the smoke spec validates every 5 epochs
+    result = run_training(spec, progress=False)
+    assert "PQ" in result.metrics and result.best_checkpoint is not None and result.best_checkpoint.exists()
+
+
+def test_training_in_a_trial_writes_no_lightning_default_checkpoints(smoke_spec):
+    spec = smoke_spec("train.num_epochs=1")
+    run_training(spec, progress=False, keep_checkpoints=False)
+    assert not list(train_dir(spec).rglob("*.ckpt"))
