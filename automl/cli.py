@@ -192,6 +192,14 @@ def inference(
 
 
 @app.command()
+def export(spec: Path = SpecOption, overrides: Optional[List[str]] = OverridesArgument) -> None:
+    """Export export.checkpoint to ONNX (export.format onnx) or an AOTInductor package (aoti), checked against PyTorch."""
+    from automl.actions.export import run_export
+
+    run_export(load(spec, overrides, action="export"))
+
+
+@app.command()
 def best(
     spec: Path = SpecOption,
     overrides: Optional[List[str]] = OverridesArgument,
