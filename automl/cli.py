@@ -161,7 +161,7 @@ def evaluate(
     predictions: Optional[Path] = typer.Option(None, "--predictions", help="Score these prediction files instead of a checkpoint."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Validation batch size."),
 ) -> None:
-    """Score evaluate.checkpoint ('best', 'latest' or a file) on dataset.val, or --predictions of any system."""
+    """Score evaluate.checkpoint ('best', 'latest', a checkpoint, .onnx or .pt2 file) or evaluate.trt_engine on dataset.val, or --predictions of any system."""
     from automl.actions.evaluate import evaluate_checkpoint, evaluate_predictions, print_metrics, write_metrics
     from automl.training import build_label_map
 
@@ -169,7 +169,8 @@ def evaluate(
     if predictions is not None:
         metrics = evaluate_predictions(cfg, predictions)
     else:
-        metrics = evaluate_checkpoint(cfg, cfg.evaluate.checkpoint, batch_size or (cfg.evaluate.batch_size if cfg.evaluate.batch_size > 0 else None))
+        model = cfg.evaluate.trt_engine or cfg.evaluate.checkpoint  # trt_engine: any deployed model (engine, .onnx, .pt2)
+        metrics = evaluate_checkpoint(cfg, model, batch_size or (cfg.evaluate.batch_size if cfg.evaluate.batch_size > 0 else None))
     out = Path(cfg.evaluate.results_dir or Path(cfg.results_dir) / "evaluate")
     path = write_metrics(metrics, out, build_label_map(cfg))
     print_metrics(metrics)
@@ -182,13 +183,11 @@ def inference(
     overrides: Optional[List[str]] = OverridesArgument,
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per batch."),
 ) -> None:
-    """Run inference.checkpoint on dataset.test.img_dir: panoptic PNG + JSON, COCO instance results, semantic PNGs, overlays."""
+    """Run inference.checkpoint (or a .onnx/.pt2 file, or inference.trt_engine) on dataset.test.img_dir: panoptic PNG + JSON, COCO instance results, semantic PNGs, overlays."""
     from automl.actions.inference import run_inference
 
     cfg = load(spec, overrides, action="inference")
-    if cfg.inference.trt_engine:
-        raise UserError("inference.trt_engine: TensorRT engines are not run by this release; set inference.checkpoint instead")
-    run_inference(cfg, cfg.inference.checkpoint, batch_size)
+    run_inference(cfg, cfg.inference.trt_engine or cfg.inference.checkpoint, batch_size)
 
 
 @app.command()

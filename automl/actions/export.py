@@ -141,7 +141,10 @@ def export_aoti(graph: torch.nn.Module, example: torch.Tensor, path: Path, dynam
     # strict (TorchDynamo) tracing folds the level shapes that deformable attention reads back from a tensor
     with torch.inference_mode():
         program = torch.export.export(graph, (example,), dynamic_shapes=dynamic_shapes, strict=True)
-    torch._inductor.aoti_compile_and_package(program, package_path=str(path))
+    # the package carries what a reader needs to feed it (ONNX files carry it in their input shape and output names)
+    metadata = {"mode": graph.mode, "input_height": str(example.shape[-2]), "input_width": str(example.shape[-1]),
+                "batch_size": "-1" if dynamic_batch else str(example.shape[0])}
+    torch._inductor.aoti_compile_and_package(program, package_path=str(path), inductor_configs={"aot_inductor.metadata": metadata})
 
 
 def run_aoti(path: Path, mode: str) -> Callable[[torch.Tensor], dict[str, np.ndarray]]:
@@ -176,8 +179,8 @@ def run_export(spec: DictConfig, checkpoint: str | None = None, fmt: str | None 
     if fmt == "onnx":
         export_onnx(graph, example, path, spec.export.opset_version, batch < 1, spec.export.verbose)
         runner = run_onnx(path)
-    else:
-        export_aoti(graph, example, path, batch < 1)
+    else:  # a package always takes any batch (Inductor cannot lower this graph with a batch fixed at 1)
+        export_aoti(graph, example if batch > 1 else torch.cat([example, example]), path, dynamic_batch=True)
         runner = run_aoti(path, spec.model.mode)
     with torch.inference_mode():
         expected = dict(zip(OUTPUT_NAMES[spec.model.mode], graph(example)))

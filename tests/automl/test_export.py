@@ -156,9 +156,11 @@ def test_deployable_graph_normalises_raw_pixels_like_training():
 
 
 def test_aoti_package_round_trips_through_aoti_load_package(export_spec):
-    result = run_export(export_spec("export.format=aoti", "export.batch_size=1"))
+    result = run_export(export_spec("export.format=aoti"))
     assert result.path.suffix == ".pt2" and result.path.exists()
     runner = torch._inductor.aoti_load_package(str(result.path))
-    outputs = runner(torch.zeros(1, 3, 64, 64))
-    assert [tuple(o.shape) for o in outputs][2:] == [(1, 8), (1, 8)]
+    assert runner.get_metadata()["mode"] == "panoptic"
+    for batch in (1, 3):
+        outputs = runner(torch.zeros(batch, 3, 64, 64))
+        assert [tuple(o.shape) for o in outputs][2:] == [(batch, 8), (batch, 8)]
     assert json.loads(result.report.read_text())["passed"]
