@@ -198,6 +198,14 @@ def export(spec: Path = SpecOption, overrides: Optional[List[str]] = OverridesAr
     run_export(load(spec, overrides, action="export"))
 
 
+@app.command("gen_trt_engine")
+def gen_trt_engine(spec: Path = SpecOption, overrides: Optional[List[str]] = OverridesArgument) -> None:
+    """Build a TensorRT engine (FP32/FP16/INT8) from gen_trt_engine.onnx_file (needs the tensorrt package and a GPU)."""
+    from automl.actions.gen_trt_engine import run_gen_trt_engine
+
+    run_gen_trt_engine(load(spec, overrides, action="gen_trt_engine"))
+
+
 @app.command()
 def best(
     spec: Path = SpecOption,
