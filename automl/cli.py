@@ -198,6 +198,14 @@ def export(spec: Path = SpecOption, overrides: Optional[List[str]] = OverridesAr
     run_export(load(spec, overrides, action="export"))
 
 
+@app.command()
+def quantize(spec: Path = SpecOption, overrides: Optional[List[str]] = OverridesArgument) -> None:
+    """Quantise quantize.model_path (torchao on a checkpoint, onnx static QDQ on an ONNX file) and report size, latency and metric deltas."""
+    from automl.actions.quantize import run_quantize
+
+    run_quantize(load(spec, overrides, action="quantize"))
+
+
 @app.command("gen_trt_engine")
 def gen_trt_engine(spec: Path = SpecOption, overrides: Optional[List[str]] = OverridesArgument) -> None:
     """Build a TensorRT engine (FP32/FP16/INT8) from gen_trt_engine.onnx_file (needs the tensorrt package and a GPU)."""

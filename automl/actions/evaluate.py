@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from automl.actions.predictors import check_mode, is_deployed, load_predictor, predict_dataset
+from automl.actions.quantize import prepare_for_checkpoint
 from automl.training import BEST_NAME, LATEST_NAME, build_datamodule, build_label_map, build_module, seed_everything, train_dir
 from model.checkpoint import load_weights, read_checkpoint
 from model.data import LabelMap
@@ -64,10 +65,12 @@ def evaluate_checkpoint(spec: DictConfig, checkpoint: str | None, batch_size: in
     seed_everything(spec)  # an untrained model's weights come from the seed
     if checkpoint is not None:
         path = resolve_checkpoint(spec, checkpoint)
-        spec = spec_for_checkpoint(spec, read_checkpoint(path))
+        content = read_checkpoint(path)
+        spec = spec_for_checkpoint(spec, content)
     label_map = build_label_map(spec)
     module = build_module(spec, label_map)
     if checkpoint is not None:
+        prepare_for_checkpoint(module.model, content)
         load_weights(module.model, path)
     datamodule = build_datamodule(spec, label_map, with_train=False)
     if batch_size:

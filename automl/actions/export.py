@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from automl.actions.evaluate import resolve_checkpoint, spec_for_checkpoint
+from automl.actions.quantize import prepare_for_checkpoint
 from automl.training import build_label_map
 from model.checkpoint import load_weights, read_checkpoint
 from model.data import build_dataset, resolve_dir
@@ -52,8 +53,10 @@ class ExportResult:
 def load_network(spec: DictConfig, checkpoint: str) -> tuple[DictConfig, torch.nn.Module]:
     """The network of `checkpoint` ('best', 'latest' or a file) in eval mode on the CPU, and the spec with its architecture."""
     path = resolve_checkpoint(spec, checkpoint)
-    spec = spec_for_checkpoint(spec, read_checkpoint(path))
+    content = read_checkpoint(path)
+    spec = spec_for_checkpoint(spec, content)
     network = build_model(spec.model)
+    prepare_for_checkpoint(network, content)
     load_weights(network, path)
     return spec, network.eval()
 

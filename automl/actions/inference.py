@@ -35,6 +35,7 @@ from rich.progress import MofNCompleteColumn, Progress
 
 from automl.actions.evaluate import resolve_checkpoint, spec_for_checkpoint
 from automl.actions.predictors import check_mode, is_deployed, load_predictor, predict_dataset
+from automl.actions.quantize import prepare_for_checkpoint
 from automl.training import build_label_map, build_module
 from model.checkpoint import load_weights, read_checkpoint
 from model.data import LabelMap, build_dataloader, resolve_dir
@@ -262,9 +263,11 @@ def run_inference(spec: DictConfig, checkpoint: str, batch_size: int | None = No
         predictions = predict_dataset(predictor, dataset, batch_size, test.num_workers, is_thing)
     else:
         path = resolve_checkpoint(spec, checkpoint)
-        spec = spec_for_checkpoint(spec, read_checkpoint(path))
+        content = read_checkpoint(path)
+        spec = spec_for_checkpoint(spec, content)
         label_map = build_label_map(spec)
         module = build_module(spec, label_map)
+        prepare_for_checkpoint(module.model, content)
         load_weights(module.model, path)
         predictions = predict_with_module(module, dataset, batch_size, test.num_workers, spec.dataset.pin_memory)
     out_dir = inference_dir(spec)

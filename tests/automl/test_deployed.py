@@ -1,12 +1,16 @@
-"""Deployed models of a briefly trained tiny Mask2Former: ONNX evaluate and inference agree with the checkpoint."""
+"""Deployed models of a briefly trained tiny Mask2Former: ONNX evaluate and inference agree with the checkpoint;
+quantised variants (torchao, ONNX Runtime static QDQ) are written, loadable and reported against the float model."""
 
 import json
 
+import onnx
 import pytest
+import torch
 
 from automl.actions.evaluate import evaluate_checkpoint
 from automl.actions.export import run_export
 from automl.actions.inference import run_inference
+from automl.actions.quantize import run_quantize
 from automl.launch import train_once
 from automl.spec import load_spec
 from model.errors import UserError
@@ -55,3 +59,41 @@ def test_a_deployed_model_of_another_mode_is_refused_naming_model_mode(trained):
     spec.model.mode = "semantic"
     with pytest.raises(UserError, match=r"model.mode: 'semantic', but .*model.onnx is a panoptic model"):
         evaluate_checkpoint(spec, str(onnx_file))
+
+
+@pytest.mark.parametrize("mode", ["weight_only_ptq", "dynamic_ptq"])
+def test_torchao_quantization_writes_a_checkpoint_evaluate_loads_and_a_report(trained, tmp_path, mode):
+    spec, checkpoint, _ = trained
+    spec = spec.copy()
+    spec.quantize.update({"backend": "torchao", "mode": mode, "model_path": checkpoint, "results_dir": str(tmp_path), "skip_names": ["*class_embed*"]})
+    report = json.loads(run_quantize(spec).read_text())
+    quantized = report["quantized"]["path"]
+    assert report["quantized"]["size_mb"] < 0.5 * report["float"]["size_mb"]  # int8 linear weights
+    assert abs(report["metric_deltas"]["PQ"]) < 10.0 and report["float"]["metrics"]["PQ"] > 20.0
+    assert report["float"]["latency_ms"] > 0 and report["quantized"]["latency_ms"] > 0
+    state = torch.load(quantized, weights_only=True)["state_dict"]
+    assert type(state["model.transformer_decoder.class_embed.weight"]) is torch.Tensor  # skipped: float
+    assert type(state["model.transformer_decoder.mask_embed.layers.0.weight"]) is not torch.Tensor  # quantised
+    assert evaluate_checkpoint(spec, quantized)["PQ"] == pytest.approx(report["quantized"]["metrics"]["PQ"])
+
+
+def test_onnx_static_quantization_is_calibrated_on_the_calibration_images_and_reported(trained, synthetic_data, tmp_path):
+    spec, _, onnx_file = trained
+    spec = spec.copy()
+    spec.quantize.update({"backend": "onnx", "mode": "static_ptq", "model_path": str(onnx_file), "results_dir": str(tmp_path), "skip_names": ["*class_embed*"]})
+    spec.dataset.quant_calibration_dataset.images_dir = str(synthetic_data / "train" / "images")
+    report = json.loads(run_quantize(spec).read_text())
+    quantized = onnx.load(report["quantized"]["path"])
+    dequantized = {o for n in quantized.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    uses_int8 = {n.name for n in quantized.graph.node if n.op_type in ("Conv", "MatMul", "Gemm") and set(n.input) & dequantized}
+    assert uses_int8 and not any("class_embed" in name for name in uses_int8)
+    assert report["quantized"]["size_mb"] < 0.6 * report["float"]["size_mb"]
+    assert set(report["metric_deltas"]) == {"PQ", "SQ", "RQ", "mIoU", "AP"}
+
+
+def test_modelopt_backend_without_the_package_names_it(trained, tmp_path):
+    spec, checkpoint, _ = trained
+    spec = spec.copy()
+    spec.quantize.update({"backend": "modelopt.pytorch", "model_path": checkpoint, "results_dir": str(tmp_path)})
+    with pytest.raises(UserError, match="pip install nvidia-modelopt"):
+        run_quantize(spec)
