@@ -378,7 +378,10 @@ class AutoMLConfig:
     max_failures: int = param(1, "Retries of a crashed trial (from its last checkpoint).", valid_min=0, valid_max=100)
     trial_timeout_minutes: float = param(30.0, "Stop a trial that reports nothing for this long (0: never).", valid_min=0.0, valid_max=100000.0)
     keep_top_k: int = param(3, "Early-stopped trials that keep their checkpoints.", valid_min=0, valid_max=10000)
-    export_best: bool = param(False, "Export the best checkpoint to ONNX after the sweep.")
+    export_best: bool = param(
+        False, "Export the winner to ONNX (export.* settings) after the sweep and check it against PyTorch; its registered "
+        "MLflow model gets alias 'champion' once the check passed."
+    )
 
 
 @dataclass

@@ -193,8 +193,6 @@ def validate(spec: DictConfig) -> Iterator[str]:
     """Every metadata rule of every field: bounds, enums, math conditions, relations."""
     for key, meta, value in iter_fields(spec):
         yield from _check_value(spec, key, meta, value)
-    if spec.automl.export_best:
-        yield "automl.export_best: the export action is not in this release yet; leave it false (the best checkpoint is kept in <results_dir>/best/)"
     metric = spec.automl.metric
     if metric and metric.split("/")[-1] not in METRIC_NAMES:
         yield f"automl.metric: '{metric}' is not a metric this platform computes; expected one of {sorted(METRIC_NAMES)}"
