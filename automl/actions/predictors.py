@@ -46,10 +46,12 @@ def mode_of_outputs(names: Sequence[str], path: Path) -> str:
 
 
 class OnnxPredictor:
-    def __init__(self, path: Path):
+    """providers: ONNX Runtime's execution providers in order of preference (default: CUDA when there is a GPU, then CPU)."""
+
+    def __init__(self, path: Path, providers: Sequence[str] | None = None):
         import onnxruntime as ort
 
-        wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"] if torch.cuda.is_available() else ["CPUExecutionProvider"]
+        wanted = providers or (["CUDAExecutionProvider", "CPUExecutionProvider"] if torch.cuda.is_available() else ["CPUExecutionProvider"])
         try:
             self.session = ort.InferenceSession(str(path), providers=[p for p in wanted if p in ort.get_available_providers()])
         except Exception as err:  # onnxruntime raises its own types for unreadable or invalid files

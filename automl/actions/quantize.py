@@ -81,7 +81,7 @@ def run_quantize(spec: DictConfig) -> Path:
     if q.backend in ("torchao", "modelopt.pytorch"):
         original, quantized = _quantize_checkpoint(spec, out)
     else:
-        original, quantized = _quantize_onnx(spec, out)
+        original, quantized = quantize_onnx(spec, out)
     return write_report(spec, original, quantized, out)
 
 
@@ -110,7 +110,8 @@ def _quantize_checkpoint(spec: DictConfig, out: Path) -> tuple[Path, Path]:
     return source, path
 
 
-def _quantize_onnx(spec: DictConfig, out: Path) -> tuple[Path, Path]:
+def quantize_onnx(spec: DictConfig, out: Path) -> tuple[Path, Path]:
+    """Static QDQ quantisation of the ONNX file quantize.model_path into `out`; returns (source, quantised file)."""
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
