@@ -182,7 +182,7 @@ def evaluate(
     predictions: Optional[Path] = typer.Option(None, "--predictions", help="Score these prediction files instead of a checkpoint."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Validation batch size."),
 ) -> None:
-    """Score evaluate.checkpoint ('best', 'latest' or a file) on dataset.val, or --predictions of any system."""
+    """Score evaluate.checkpoint ('best', 'latest', a checkpoint, .onnx or .pt2 file) or evaluate.trt_engine on dataset.val, or --predictions of any system."""
     from automl.actions.evaluate import evaluate_checkpoint, evaluate_predictions, print_metrics, write_metrics
     from automl.training import build_label_map
 
@@ -191,7 +191,8 @@ def evaluate(
         if predictions is not None:
             metrics = evaluate_predictions(cfg, predictions)
         else:
-            metrics = evaluate_checkpoint(cfg, cfg.evaluate.checkpoint, batch_size or (cfg.evaluate.batch_size if cfg.evaluate.batch_size > 0 else None))
+            model = cfg.evaluate.trt_engine or cfg.evaluate.checkpoint  # trt_engine: any deployed model (engine, .onnx, .pt2)
+            metrics = evaluate_checkpoint(cfg, model, batch_size or (cfg.evaluate.batch_size if cfg.evaluate.batch_size > 0 else None))
         out = Path(cfg.evaluate.results_dir or Path(cfg.results_dir) / "evaluate")
         path = write_metrics(metrics, out, build_label_map(cfg))
     print_metrics(metrics)
@@ -204,14 +205,40 @@ def inference(
     overrides: Optional[List[str]] = OverridesArgument,
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per batch."),
 ) -> None:
-    """Run inference.checkpoint on dataset.test.img_dir: panoptic PNG + JSON, COCO instance results, semantic PNGs, overlays."""
+    """Run inference.checkpoint (or a .onnx/.pt2 file, or inference.trt_engine) on dataset.test.img_dir: panoptic PNG + JSON, COCO instance results, semantic PNGs, overlays."""
     from automl.actions.inference import run_inference
 
     cfg = load(spec, overrides, action="inference")
-    if cfg.inference.trt_engine:
-        raise UserError("inference.trt_engine: TensorRT engines are not run by this release; set inference.checkpoint instead")
     with results_lock(cfg.results_dir):
-        run_inference(cfg, cfg.inference.checkpoint, batch_size)
+        run_inference(cfg, cfg.inference.trt_engine or cfg.inference.checkpoint, batch_size)
+
+
+@app.command()
+def export(spec: Path = SpecOption, overrides: Optional[List[str]] = OverridesArgument) -> None:
+    """Export export.checkpoint to ONNX (export.format onnx) or an AOTInductor package (aoti), checked against PyTorch."""
+    from automl.actions.export import run_export
+
+    cfg = load(spec, overrides, action="export")
+    with results_lock(cfg.results_dir):
+        run_export(cfg)
+
+
+@app.command()
+def quantize(spec: Path = SpecOption, overrides: Optional[List[str]] = OverridesArgument) -> None:
+    """Quantise quantize.model_path (torchao on a checkpoint, onnx static QDQ on an ONNX file) and report size, latency and metric deltas."""
+    from automl.actions.quantize import run_quantize
+
+    cfg = load(spec, overrides, action="quantize")
+    with results_lock(cfg.results_dir):
+        run_quantize(cfg)
+
+
+@app.command("gen_trt_engine")
+def gen_trt_engine(spec: Path = SpecOption, overrides: Optional[List[str]] = OverridesArgument) -> None:
+    """Build a TensorRT engine (FP32/FP16/INT8) from gen_trt_engine.onnx_file (needs the tensorrt package and a GPU)."""
+    from automl.actions.gen_trt_engine import run_gen_trt_engine
+
+    run_gen_trt_engine(load(spec, overrides, action="gen_trt_engine"))
 
 
 @app.command()

@@ -3,7 +3,8 @@
 The driver is the only MLflow writer: trials report to Tune, and a Tune callback here writes
 one parent run for the sweep and one child run per trial (keyed by trial id, so a resumed
 sweep continues its runs). After the sweep the best trial, at its best validation, is copied
-to `<results_dir>/best/`, described in `best.json` and registered in the model registry.
+to `<results_dir>/best/`, described in `best.json`, exported with `automl.export_best` and registered in the
+model registry (`automl.model_registry`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from automl.actions.evaluate import evaluate_checkpoint, write_metrics
 from automl.files import copy_file, write_json
 from automl.resume_guard import ResumeGuard
 from automl.resume_guard import verify as verify_state
+from automl.model_registry import publish_winner
 from automl.search import build_scheduler, build_searcher, check_combination, resolve_search_space
 from automl.storage import exists, sweep_filesystem, worker_env
 from automl.tracking import TRIAL_TAG, Tracker, run_tags
@@ -281,8 +283,7 @@ def run_sweep(spec: DictConfig, spec_path: str | os.PathLike | None, resume: boo
         console.print(f"winner re-evaluated on dataset.val: {metric} {final.get(metric, float('nan')):.2f}", highlight=False)
         tracker.log_artifact(parent_id, outcome.checkpoint, "best")
         tracker.log_artifact(parent_id, outcome.checkpoint.parent / "best.json", "best")
-        version = tracker.register(parent_id, f"best/{outcome.checkpoint.name}")
-        console.print(f"registered as MLflow model 'mask2former' version {version}", highlight=False)
+        publish_winner(tracker, parent_id, spec, outcome.checkpoint)
     tracker.log_metrics(parent_id, {f"best/{k}": v for k, v in outcome.metrics.items()}, step=0)
     tracker.end_run(parent_id)
     return SweepResult(outcome, len(results), parent_id)

@@ -1,4 +1,7 @@
-"""`automl evaluate`: score a checkpoint on the validation split, or score prediction files of any system.
+"""`automl evaluate`: score a checkpoint or a deployed model on the validation split, or score prediction files of any system.
+
+A deployed model (an ONNX file, an AOTInductor .pt2 package or a TensorRT engine, see
+`automl.actions.predictors`) is scored on the same images and by the same evaluator as a checkpoint.
 
 Writes `<results_dir>/evaluate/metrics.json` (every score, per class too) and prints the tables.
 """
@@ -16,12 +19,15 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
+from automl.actions.predictors import check_mode, is_deployed, load_predictor, predict_dataset
+from automl.actions.quantize import prepare_for_checkpoint
 from automl.spec.model_args import spec_keys_in_errors
 from automl.training import BEST_NAME, LATEST_NAME, build_datamodule, build_label_map, build_module, seed_everything, train_dir
 from model.checkpoint import load_weights, read_checkpoint
 from model.data import LabelMap
 from model.data.files import read_json, read_label_png
 from model.errors import UserError
+from model.evaluator import SegmentationEvaluator
 from model.metrics import SemanticMetrics, ap_from_coco_files, pq_from_coco_files
 
 console = Console()
@@ -53,14 +59,19 @@ def spec_for_checkpoint(spec: DictConfig, checkpoint: dict[str, Any]) -> DictCon
 
 
 def evaluate_checkpoint(spec: DictConfig, checkpoint: str | None, batch_size: int | None = None) -> dict[str, float]:
-    """Validation metrics of `checkpoint` (None: the untrained model, a sweep's baseline)."""
+    """Validation metrics of `checkpoint`: 'best', 'latest', a checkpoint file or a deployed model file (None: the
+    untrained model, a sweep's baseline)."""
+    if checkpoint is not None and is_deployed(checkpoint):
+        return evaluate_deployed(spec, checkpoint, batch_size)
     seed_everything(spec)  # an untrained model's weights come from the seed
     if checkpoint is not None:
         path = resolve_checkpoint(spec, checkpoint)
-        spec = spec_for_checkpoint(spec, read_checkpoint(path))
+        content = read_checkpoint(path)
+        spec = spec_for_checkpoint(spec, content)
     label_map = build_label_map(spec)
     module = build_module(spec, label_map)
     if checkpoint is not None:
+        prepare_for_checkpoint(module.model, content)
         with spec_keys_in_errors():  # a class head of another size is an error here, not a random classifier
             load_weights(module.model, path)
     datamodule = build_datamodule(spec, label_map, with_train=False)
@@ -70,6 +81,20 @@ def evaluate_checkpoint(spec: DictConfig, checkpoint: str | None, batch_size: in
     trainer = pl.Trainer(accelerator="gpu" if on_gpu else "cpu", devices=1, logger=False, enable_checkpointing=False, enable_model_summary=False)
     trainer.validate(module, datamodule=datamodule, verbose=False)
     return module.validation_metrics
+
+
+def evaluate_deployed(spec: DictConfig, path: str, batch_size: int | None = None) -> dict[str, float]:
+    """Validation metrics of a deployed model file; the spec's model.mode and num_classes must be the model's."""
+    predictor = load_predictor(path)
+    check_mode(predictor, spec.model.mode, path)
+    label_map = build_label_map(spec)
+    dataset = build_datamodule(spec, label_map, with_train=False).val_set
+    is_thing = label_map.is_thing_per_class(spec.model.sem_seg_head.num_classes)
+    evaluator = SegmentationEvaluator(spec.model.mode, is_thing)
+    batch_size = batch_size or spec.dataset.val.batch_size
+    for item, prediction in predict_dataset(predictor, dataset, batch_size, spec.dataset.val.num_workers, is_thing):
+        evaluator.update(prediction, dataset.ground_truth(item["indices"]))
+    return evaluator.compute()
 
 
 def evaluate_predictions(spec: DictConfig, predictions: str | Path) -> dict[str, float]:

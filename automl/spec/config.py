@@ -301,16 +301,30 @@ class ExportConfig:
     opset_version: int = param(17, "ONNX opset.", valid_min=11, valid_max=23)
     batch_size: int = param(-1, "Batch size (-1: dynamic).", valid_min=-1, valid_max=1024)
     verbose: bool = param(False, "Verbose export log.")
+    # Ours: the PyTorch-native compiled deployment, for machines without TensorRT.
+    format: str = param(
+        "onnx", "onnx: a plugin-free ONNX file; aoti: a torch.export + AOTInductor package (.pt2, written beside onnx_file).",
+        valid_options=["onnx", "aoti"],
+    )
+
+
+@dataclass
+class CalibrationConfig:
+    cal_cache_file: str = param("", "INT8 calibration cache, read when it exists, else written (default: <trt_engine>.cal).", is_path=True)
+    cal_batch_size: int = param(1, "Calibration images per batch.", valid_min=1, valid_max=1024)
+    cal_batches: int = param(10, "Calibration batches (from dataset.quant_calibration_dataset.images_dir).", valid_min=1, valid_max=100000)
 
 
 @dataclass
 class TensorRTConfig:
-    data_type: str = param("FP32", "Engine precision.", valid_options=["FP32", "FP16"])
+    # INT8 is ours (calibrated on dataset.quant_calibration_dataset); lower case as the reference deploy templates write it.
+    data_type: str = param("FP32", "Engine precision.", valid_options=["FP32", "FP16", "INT8", "fp32", "fp16", "int8"])
     workspace_size: int = param(1024, "Workspace in MiB.", valid_min=0, valid_max=1048576)
     min_batch_size: int = param(1, "Minimum batch of the optimisation profile.", valid_min=1, valid_max=1024, popular=True)
     opt_batch_size: int = param(1, "Optimal batch of the optimisation profile.", valid_min=1, valid_max=1024, popular=True)
     max_batch_size: int = param(1, "Maximum batch of the optimisation profile.", valid_min=1, valid_max=1024, popular=True)
     layers_precision: List[str] = param([], "Per-layer precision overrides (layer:precision).", automl_enabled=False)
+    calibration: CalibrationConfig = section(CalibrationConfig, "INT8 calibration.")
 
 
 @dataclass
@@ -327,12 +341,21 @@ class GenTrtEngineConfig:
 
 @dataclass
 class QuantizeConfig:
-    backend: str = param("torchao", "Quantisation backend.", valid_options=["modelopt.pytorch", "torchao", "modelopt.onnx"])
-    mode: str = param("weight_only_ptq", "Post-training quantisation mode.", valid_options=["static_ptq", "weight_only_ptq"])
+    # 'onnx' is ours: ONNX Runtime's static QDQ quantisation, no NVIDIA package needed.
+    backend: str = param(
+        "torchao", "Quantisation backend: torchao (PyTorch checkpoint), onnx (ONNX Runtime QDQ on an ONNX file), modelopt.* (needs nvidia-modelopt).",
+        valid_options=["modelopt.pytorch", "torchao", "modelopt.onnx", "onnx"],
+    )
+    # 'dynamic_ptq' is ours: int8 weights and int8 activations quantised per token at run time (torchao).
+    mode: str = param(
+        "weight_only_ptq", "static_ptq: int8 weights and calibrated int8 activations (onnx, modelopt.*); weight_only_ptq: int8 weights; "
+        "dynamic_ptq: int8 weights and dynamically quantised int8 activations (torchao).",
+        valid_options=["static_ptq", "weight_only_ptq", "dynamic_ptq"],
+    )
     algorithm: str = param("minmax", "Calibration algorithm.", valid_options=["minmax", "max", "entropy", "awq_clip", "awq_lite", "awq_full", "rtn_dq"])
-    layers: List[str] = param([], "Layers to quantise (default: all supported).", automl_enabled=False)
-    skip_names: List[str] = param([], "Layer name patterns to leave in float.", automl_enabled=False)
-    model_path: str = param("", "Checkpoint to quantise.", is_path=True)
+    layers: List[str] = param([], "Layer name patterns (fnmatch) to quantise (default: every supported layer).", automl_enabled=False)
+    skip_names: List[str] = param([], "Layer name patterns (fnmatch) to leave in float.", automl_enabled=False)
+    model_path: str = param("", "Model to quantise: a checkpoint ('best', 'latest' or a file; torchao, modelopt.pytorch) or an ONNX file (onnx, modelopt.onnx).", is_path=True)
     results_dir: str = param("", "Where quantize writes.", is_path=True)
     backend_kwargs: Dict[str, Any] = param({}, "Extra backend options.", automl_enabled=False)
     device: str = param("cuda", "Device: cuda, cuda:N, cpu or trt.")
@@ -376,7 +399,10 @@ class AutoMLConfig:
     max_failures: int = param(1, "Retries of a crashed trial (from its last checkpoint).", valid_min=0, valid_max=100)
     trial_timeout_minutes: float = param(30.0, "Stop a trial that reports nothing for this long (0: never).", valid_min=0.0, valid_max=100000.0)
     keep_top_k: int = param(3, "Early-stopped trials that keep their checkpoints.", valid_min=0, valid_max=10000)
-    export_best: bool = param(False, "Export the best checkpoint to ONNX after the sweep.")
+    export_best: bool = param(
+        False, "Export the winner to ONNX (export.* settings) after the sweep and check it against PyTorch; its registered "
+        "MLflow model gets alias 'champion' once the check passed."
+    )
 
 
 @dataclass

@@ -205,8 +205,6 @@ def validate(spec: DictConfig) -> Iterator[str]:
     """Every metadata rule of every field: bounds, enums, math conditions, relations."""
     for key, meta, value in iter_fields(spec):
         yield from _check_value(spec, key, meta, value)
-    if spec.automl.export_best:
-        yield "automl.export_best: the export action is not in this release yet; leave it false (the best checkpoint is kept in <results_dir>/best/)"
     if is_remote(spec.results_dir):
         yield f"results_dir: {spec.results_dir} is a URI; expected a local folder (put the sweep's checkpoints in object storage with automl.storage_uri)"
     metric = spec.automl.metric

@@ -2,6 +2,7 @@
 with each other and with the COCO formats, archives, and clear errors."""
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from automl.actions.evaluate import evaluate_predictions
-from automl.actions.inference import PredictionWriter, run_inference, segment_boxes
+from automl.actions.inference import OVERLAY_MIN_SIDE, PredictionWriter, distinct_colours, draw_overlay, run_inference, segment_boxes
 from automl.spec.load import load_spec
 from automl.training import build_label_map, build_module
 from model.data import LabelMap, collate, write_synthetic_dataset
@@ -125,11 +126,30 @@ def test_instances_json_decodes_to_masks_of_the_original_size(synthetic, panopti
         assert result["bbox"] == mask_utils.toBbox(result["segmentation"]).tolist() and 0 <= result["score"] <= 1
 
 
-def test_overlays_have_the_image_size(synthetic, panoptic_run):
+def test_overlays_show_the_image_upscaled_to_a_readable_size_with_a_legend(synthetic, panoptic_run):
     _, out = panoptic_run
+    scale = math.ceil(OVERLAY_MIN_SIDE / min(IMAGE_SIZE))  # 64 x 80 images are drawn 8 times larger
     for stem in image_stems(synthetic):
         with Image.open(out / "overlays" / f"{stem}.jpg") as overlay:
-            assert overlay.size == (IMAGE_SIZE[1], IMAGE_SIZE[0])
+            width, height = overlay.size
+            assert height == IMAGE_SIZE[0] * scale and width > IMAGE_SIZE[1] * scale  # the legend is a panel on the right
+            legend = np.asarray(overlay)[:, IMAGE_SIZE[1] * scale + 4 :]
+            assert (legend > 200).mean() > 0.5  # a white panel with swatches and names
+
+
+def test_overlay_gives_each_instance_its_own_colour_an_outline_and_a_label():
+    image = np.full((40, 60, 3), 128, np.uint8)
+    regions = np.full((40, 60), -1)
+    regions[5:20, 5:25], regions[20:35, 30:55] = 0, 1  # two instances of one class
+    colours = distinct_colours(2)
+    drawn = draw_overlay(image, regions, colours, ["cat 0.91", "cat 0.75"])
+    scale = math.ceil(OVERLAY_MIN_SIDE / 40)
+    assert drawn.shape[0] == 40 * scale
+    inside = [drawn[(5 + 2) * scale, (5 + 2) * scale], drawn[(20 + 2) * scale, (30 + 2) * scale]]
+    assert np.abs(inside[0].astype(int) - inside[1].astype(int)).sum() > 60  # visibly different colours
+    edge = drawn[12 * scale, 25 * scale - 1]  # on the right border of the first instance: its darker outline
+    assert np.abs(edge.astype(int) - (colours[0] * 0.6).astype(int)).max() <= 2
+    assert (drawn[:, : 60 * scale] == 255).all(-1).sum() > 0  # white label text was drawn on the image
 
 
 def test_written_predictions_score_through_evaluate(synthetic, panoptic_run):

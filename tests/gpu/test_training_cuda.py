@@ -15,9 +15,9 @@ if not torch.cuda.is_available():
     pytest.skip("needs a CUDA GPU", allow_module_level=True)
 
 from automl.spec import load_spec  # noqa: E402
+from automl.spec.model_args import build_network  # noqa: E402
 from model import ms_deform_attn as msda  # noqa: E402
 from model.criterion import SetCriterion  # noqa: E402
-from model.mask2former import build_model  # noqa: E402
 from model.matcher import HungarianMatcher  # noqa: E402
 
 SMOKE_SPEC = Path(__file__).resolve().parents[2] / "experiments" / "synthetic_smoke.yaml"
@@ -42,7 +42,7 @@ def train_losses(fused: bool, monkeypatch) -> list[float]:
     model_cfg = load_spec(SMOKE_SPEC).model
     mf = model_cfg.mask_former
     torch.manual_seed(0)
-    model = build_model(model_cfg).cuda().train()
+    model = build_network(model_cfg).cuda().train()
     criterion = SetCriterion(
         model_cfg.sem_seg_head.num_classes, HungarianMatcher(mf.class_weight, mf.mask_weight, mf.dice_weight, mf.train_num_points),
         class_weight=mf.class_weight, mask_weight=mf.mask_weight, dice_weight=mf.dice_weight, no_object_weight=mf.no_object_weight,
