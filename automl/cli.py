@@ -115,12 +115,12 @@ def convert(
 
 @app.command()
 def schema(out: Path = typer.Option(DEFAULT_SCHEMA_DIR, "--out", help="Output folder.")) -> None:
-    """Write <action>.schema.json, spec templates and manifest.json (and search_spaces/default.yaml) from the spec dataclasses."""
+    """Write <action>.schema.json, spec templates and manifest.json (and search_spaces/tao.yaml) from the spec dataclasses."""
     written = write_schemas(out)
-    if out.resolve() == DEFAULT_SCHEMA_DIR.resolve():  # the default space is derived from the train schema
-        from automl.search.space import write_default_space
+    if out.resolve() == DEFAULT_SCHEMA_DIR.resolve():  # the tao space is derived from the train schema
+        from automl.search.space import write_tao_space
 
-        written.append(write_default_space())
+        written.append(write_tao_space())
     for path in written:
         console.print(f"wrote {path}", highlight=False)
 

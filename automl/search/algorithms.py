@@ -27,7 +27,7 @@ from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, SearchAlg
 from ray.tune.search.optuna import OptunaSearch
 from ray.tune.search.sample import Categorical
 
-from automl.search.space import SearchSpace
+from automl.search.space import SearchSpace, is_architecture
 from model.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -36,9 +36,6 @@ ALGORITHMS = ("tpe", "random", "grid", "gp", "cmaes", "bohb", "pbt")
 SCHEDULERS = ("asha", "hyperband", "median", "pbt", "fifo")
 # BOHB is Bayesian search plus bandit-style early stopping: it needs one of these schedulers.
 BOHB_SCHEDULERS = ("hyperband", "asha")
-# Integer keys under this prefix set layer counts and widths: a PBT trial that takes over another's
-# checkpoint takes its architecture too, so PBT never mutates them.
-ARCHITECTURE_PREFIX = "model."
 # Optuna's grid sampler lists every combination up front; past this a grid search is a mistake.
 MAX_GRID_SIZE = 10_000
 
@@ -161,7 +158,7 @@ def pbt_mutations(space: SearchSpace) -> dict:
     """
     mutations = {}
     for key, domain in space.tune_domains().items():
-        if space[key].kind == "int" and key.startswith(ARCHITECTURE_PREFIX):
+        if is_architecture(key, space[key].kind):  # a PBT clone takes its donor's architecture with the weights
             continue
         mutations[key] = list(domain.categories) if isinstance(domain, Categorical) else domain
     if not mutations:

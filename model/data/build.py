@@ -64,7 +64,7 @@ def _transform(augmentation: Any, is_train: bool, train_augmentation: str) -> Tr
             raise UserError("dataset.augmentation.train_min_size is empty; expected a list of shortest-edge sizes")
         return ResizeCrop(augmentation.train_min_size, augmentation.train_max_size, crop_size)
     if train_augmentation == "lsj":
-        return LargeScaleJitter(crop_size)
+        return LargeScaleJitter(crop_size, augmentation.lsj_min_scale, augmentation.lsj_max_scale)
     raise UserError(
         f"dataset.augmentation.train_augmentation is {train_augmentation!r}; expected one of {list(TRAIN_AUGMENTATIONS)}"
     )

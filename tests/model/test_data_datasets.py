@@ -45,7 +45,8 @@ def split_cfg(paths, dataset_type, archives=False, **overrides):
 def dataset_cfg(label_map, contiguous_id=True):
     """dataset as the spec gives it; test sizes of 128 keep the synthetic images at their size."""
     augmentation = SimpleNamespace(
-        train_min_size=[96, 128], train_max_size=192, train_crop_size=[96, 112], test_min_size=128, test_max_size=128
+        train_min_size=[96, 128], train_max_size=192, train_crop_size=[96, 112], test_min_size=128, test_max_size=128,
+        lsj_min_scale=0.1, lsj_max_scale=2.0,
     )
     return SimpleNamespace(label_map=label_map, contiguous_id=contiguous_id, augmentation=augmentation)
 
