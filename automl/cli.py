@@ -248,12 +248,14 @@ def ui(
     """Start the MLflow UI on 127.0.0.1 for this spec's tracking store."""
     import subprocess
 
-    from automl.tracking import tracking_uri
+    from automl.sweep_tracking import RUNS_VIEW
+    from automl.tracking import Tracker
 
     cfg = load(spec, overrides)
-    uri = tracking_uri(cfg)
-    console.print(f"MLflow UI for {uri} on http://127.0.0.1:{port}", highlight=False)
-    subprocess.run([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)], check=False)
+    tracker = Tracker.for_spec(cfg, spec)
+    console.print(f"MLflow UI for {tracker.uri} on http://127.0.0.1:{port}", highlight=False)
+    console.print(f"a sweep's trials, best first: {tracker.runs_view_url(f'http://127.0.0.1:{port}', RUNS_VIEW)}", highlight=False)
+    subprocess.run([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracker.uri, "--host", "127.0.0.1", "--port", str(port)], check=False)
 
 
 def main() -> None:

@@ -367,6 +367,7 @@ class AutoMLConfig:
     trial_timeout_minutes: float = param(30.0, "Stop a trial that reports nothing for this long (0: never).", valid_min=0.0, valid_max=100000.0)
     keep_top_k: int = param(3, "Early-stopped trials that keep their checkpoints.", valid_min=0, valid_max=10000)
     export_best: bool = param(False, "Export the best checkpoint to ONNX after the sweep.")
+    baseline: bool = param(False, "Evaluate the starting weights on dataset.val before the sweep (logged on the parent run).")
 
 
 @dataclass
