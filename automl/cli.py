@@ -248,8 +248,7 @@ def ui(
     """Start the MLflow UI on 127.0.0.1 for this spec's tracking store."""
     import subprocess
 
-    from automl.sweep_tracking import RUNS_VIEW
-    from automl.tracking import Tracker
+    from automl.tracking import RUNS_VIEW, Tracker
 
     cfg = load(spec, overrides)
     tracker = Tracker.for_spec(cfg, spec)

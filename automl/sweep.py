@@ -26,8 +26,8 @@ from rich.console import Console
 
 from automl.actions.evaluate import evaluate_checkpoint, write_metrics
 from automl.search import build_scheduler, build_searcher, check_combination, resolve_search_space
-from automl.sweep_tracking import RUNS_VIEW, MlflowSweepCallback, log_baseline, log_winner
-from automl.tracking import Tracker, run_tags
+from automl.sweep_tracking import MlflowSweepCallback, log_baseline, log_winner
+from automl.tracking import RUNS_VIEW, Tracker, run_tags
 from automl.training import BEST_NAME, build_label_map, target_metric
 from automl.trial import CHECKPOINT_FILE, run_trial
 from model.errors import UserError

@@ -25,7 +25,6 @@ GPU_SECONDS, WALL_SECONDS = "gpu_seconds", "wall_seconds"
 # What Tune adds to every result, and what is not a score.
 NOT_METRICS = frozenset(AUTO_RESULT_KEYS) | {DONE, SHOULD_CHECKPOINT, TRIAL_ID, EXPERIMENT_TAG, STEP_KEY, STATUS_KEY}
 CONFIG_PREFIX = "config/"  # a flattened result's parameter columns
-RUNS_VIEW = "sweep"  # share key of the runs-table layout the sweep saves in its experiment
 
 
 def result_metrics(result: Mapping[str, Any]) -> dict[str, float]:

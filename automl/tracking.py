@@ -29,6 +29,7 @@ REGISTERED_MODEL = "mask2former"
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 # An experiment tag the UI reads as a saved runs-table layout when opened with ?viewStateShareKey=<key>.
 SHARED_VIEW_TAG = "mlflow.sharedViewState."
+RUNS_VIEW = "sweep"  # the share key of the runs-table layout a sweep saves
 # Short names of searched keys in child run names; other keys go by their last component.
 SHORT_NAMES = {
     "train.optim.lr": "lr",
