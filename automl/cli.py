@@ -202,6 +202,23 @@ def best(
     print_leaderboard(cfg, spec, None, top)
 
 
+@app.command()
+def report(spec: Path = SpecOption, overrides: Optional[List[str]] = OverridesArgument) -> None:
+    """Write <results_dir>/report/index.html for the latest sweep of this spec: best score against GPU-hours,
+    learning curves, parameter importance, parallel coordinates, the trials; logged to its MLflow parent run."""
+    from automl.report import write_report
+    from automl.search import resolve_search_space
+    from automl.tracking import Tracker, latest_sweep_parent
+    from automl.training import target_metric
+
+    cfg = load(spec, overrides)
+    tracker = Tracker.for_spec(cfg, spec)
+    parent_id = latest_sweep_parent(tracker)
+    if parent_id is None:
+        raise UserError(f"no sweep of {spec} in {tracker.uri}; run `automl launch -e {spec}` first")
+    console.print(f"wrote {write_report(cfg, tracker, parent_id, resolve_search_space(cfg), target_metric(cfg))}", highlight=False)
+
+
 def print_leaderboard(cfg: DictConfig, spec: Path, parent_id: str | None, top: int = 10) -> None:
     from rich.table import Table
 

@@ -25,7 +25,9 @@ from ray import tune
 from rich.console import Console
 
 from automl.actions.evaluate import evaluate_checkpoint, write_metrics
+from automl.report import write_report
 from automl.search import build_scheduler, build_searcher, check_combination, resolve_search_space
+from automl.search.study import study_file, study_storage, warm_start_points
 from automl.sweep_tracking import MlflowSweepCallback, log_baseline, log_winner
 from automl.tracking import RUNS_VIEW, Tracker, run_tags
 from automl.training import BEST_NAME, build_label_map, target_metric
@@ -98,7 +100,6 @@ def run_sweep(spec: DictConfig, spec_path: str | os.PathLike | None, resume: boo
     max_epochs = spec.automl.max_epochs or spec.train.num_epochs
     resources = trial_resources(spec)
     check_combination(spec.automl.algorithm, spec.automl.scheduler)
-    searcher = build_searcher(space, spec.automl.algorithm, metric, mode, spec.automl.seed, spec.automl.max_concurrent)
     # Tune counts reports, one per validation: epochs -> validations.
     validations = math.ceil(max_epochs / spec.train.validation_interval)
     grace = max(1, math.ceil(spec.automl.grace_period / spec.train.validation_interval))
@@ -114,6 +115,11 @@ def run_sweep(spec: DictConfig, spec_path: str | os.PathLike | None, resume: boo
         raise UserError(f"--resume: no sweep to continue at {experiment}; run without --resume to start one")
     if not resume and experiment.exists():
         raise UserError(f"{experiment} holds an earlier sweep; continue it with --resume or choose another results_dir")
+    warm = warm_start_points(spec.automl.warm_start, mode) if spec.automl.warm_start and not resume else None
+    searcher = build_searcher(
+        space, spec.automl.algorithm, metric, mode, spec.automl.seed, spec.automl.max_concurrent,
+        storage=study_storage(study_file(root, name)), study_name=name, points_to_evaluate=warm,
+    )  # fmt: skip
 
     tracker = Tracker.for_spec(spec, spec_path)
     parent_id = _parent_run(tracker, spec, spec_path, state_file, resume, space)
@@ -182,6 +188,7 @@ def run_sweep(spec: DictConfig, spec_path: str | os.PathLike | None, resume: boo
         version = tracker.register(parent_id, f"best/{outcome.checkpoint.name}")
         console.print(f"registered as MLflow model 'mask2former' version {version}", highlight=False)
     log_winner(tracker, parent_id, outcome.params, outcome.metrics, final, label_map.names)
+    console.print(f"report: {write_report(spec, tracker, parent_id, space, metric)}", highlight=False)
     tracker.end_run(parent_id)
     return SweepResult(outcome, len(results), parent_id)
 

@@ -74,19 +74,29 @@ def build_searcher(
     mode: str = "max",
     seed: int | None = None,
     max_concurrent: int = 0,
+    storage: optuna.storages.BaseStorage | None = None,
+    study_name: str | None = None,
+    points_to_evaluate: list[dict] | None = None,
 ) -> Searcher | SearchAlgorithm:
     """The Tune search algorithm for `automl.algorithm`.
 
     tpe, random, gp, cmaes, bohb (TPE; pair it with a hyperband or asha scheduler) and grid are
     Optuna samplers seeded with `seed` behind `OptunaSearch`, limited to `max_concurrent` running
-    trials when > 0. grid walks `space.grid()` in a seeded shuffled order: set num_samples to
+    trials when > 0, keeping the study in `storage` (in memory when None) under `study_name`, and
+    trying `points_to_evaluate` (values in Optuna's coordinates, e.g. an earlier study's params)
+    first. grid walks `space.grid()` in a seeded shuffled order: set num_samples to
     `space.grid_size()` (more trials repeat grid points). pbt returns Tune's own random generator;
     pass `space.tune_domains()` as the Tuner's param_space.
     """
     _check_name("automl.algorithm", algorithm, ALGORITHMS)
     if algorithm == "pbt":
+        if points_to_evaluate:
+            raise UserError("automl.warm_start: population-based training has no Optuna study to start from earlier trials")
         return BasicVariantGenerator(max_concurrent=max_concurrent, random_state=seed)
-    searcher = OptunaSearch(space=space.sample, metric=metric, mode=mode, sampler=_optuna_sampler(space, algorithm, seed))
+    searcher = OptunaSearch(
+        space=space.sample, metric=metric, mode=mode, sampler=_optuna_sampler(space, algorithm, seed),
+        storage=storage, study_name=study_name, points_to_evaluate=points_to_evaluate,
+    )  # fmt: skip
     return ConcurrencyLimiter(searcher, max_concurrent=max_concurrent) if max_concurrent > 0 else searcher
 
 

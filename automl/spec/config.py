@@ -368,6 +368,9 @@ class AutoMLConfig:
     keep_top_k: int = param(3, "Early-stopped trials that keep their checkpoints.", valid_min=0, valid_max=10000)
     export_best: bool = param(False, "Export the best checkpoint to ONNX after the sweep.")
     baseline: bool = param(False, "Evaluate the starting weights on dataset.val before the sweep (logged on the parent run).")
+    warm_start: str = param(
+        "", "results_dir of an earlier sweep whose best configurations this sweep tries first (from its Optuna study).", is_path=True
+    )
 
 
 @dataclass

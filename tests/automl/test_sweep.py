@@ -8,9 +8,11 @@ import sys
 import time
 from pathlib import Path
 
+import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
+from automl.search.study import study_storage
 from automl.sweep import run_sweep
 from automl.tracking import TRIAL_TAG, tracking_uri
 from model.checkpoint import read_checkpoint
@@ -93,6 +95,17 @@ def test_the_best_checkpoint_is_the_best_childs_best_validation(sweep):
     assert parent.data.metrics["final/PQ"] == pytest.approx(best_per_trial[winner], abs=1e-4)
     [version] = client.search_model_versions("name = 'mask2former'")
     assert version.run_id == parent.info.run_id
+
+
+def test_the_sweep_ends_with_its_report_and_keeps_its_optuna_study(sweep):
+    spec, _ = sweep
+    report = Path(spec.results_dir) / "report"
+    assert {"index.html", "best_so_far.png", "learning_curves.png", "importance.png", "parallel_coordinates.png"} <= {p.name for p in report.iterdir()}
+    study = optuna.load_study(study_name="synthetic_smoke", storage=study_storage(Path(spec.results_dir) / "automl" / "synthetic_smoke.optuna.journal"))
+    assert len(study.trials) == 4 and all(t.value is not None for t in study.trials)
+    client = MlflowClient(tracking_uri(spec))
+    parent, _ = children(client, spec)
+    assert "report/index.html" in {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
 
 
 def test_trials_keep_at_most_their_best_and_latest_checkpoints(sweep):
