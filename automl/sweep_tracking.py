@@ -8,6 +8,7 @@ params (never metrics); per-class values are JSON/HTML artifacts with class name
 from __future__ import annotations
 
 import math
+import time
 from typing import Any, Mapping
 
 from ray import tune
@@ -16,6 +17,7 @@ from rich.console import Console
 
 from automl.tracking import TRIAL_TAG, Tracker, headline, trial_run_name
 from automl.trial import STATUS_KEY
+from automl.trial_timing import PHASES, TEARDOWN, overhead_line
 
 console = Console()
 # Reported by every trial (automl.trial.TuneReport): its global optimiser step, MLflow's x-axis.
@@ -81,6 +83,7 @@ class MlflowSweepCallback(tune.Callback):
         self.runs: dict[str, str] = {}  # trial id -> child run id
         self.steps: dict[str, int] = {}  # trial id -> its latest optimiser step
         self.best: float | None = None
+        self.reported: dict[str, float] = {}  # trial id -> when its last report arrived (driver clock)
         self.last_line = ""
         self.synced = False
 
@@ -95,7 +98,7 @@ class MlflowSweepCallback(tune.Callback):
 
     def __getstate__(self) -> dict:
         state = {**self.__dict__, "_tracker": None}
-        state.update(runs={}, steps={}, best=None, last_line="", synced=False)
+        state.update(runs={}, steps={}, best=None, reported={}, last_line="", synced=False)
         return state
 
     def _read_back(self) -> None:
@@ -129,6 +132,7 @@ class MlflowSweepCallback(tune.Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         run_id = self._run(trial)
+        self.reported[trial.trial_id] = time.monotonic()
         step = int(result.get(STEP_KEY, 0))
         self.steps[trial.trial_id] = step
         wall = float(result.get("time_total_s", 0.0))
@@ -145,6 +149,8 @@ class MlflowSweepCallback(tune.Callback):
         reports = int((trial.last_result or {}).get("training_iteration", 0))
         if self.tracker.client.get_run(run_id).data.tags.get("status") == "running":
             self.tracker.set_tags(run_id, {"status": "finished" if reports >= self.validations else "stopped"})
+        if trial.trial_id in self.reported and trial.last_result:
+            self._log_overhead(run_id, trial)
         self.tracker.end_run(run_id, "FINISHED")
         self._progress(trials)
 
@@ -152,6 +158,16 @@ class MlflowSweepCallback(tune.Callback):
         self.tracker.set_tags(self._run(trial), {"status": "error", "error": str(getattr(trial, "error_file", ""))})
         self.tracker.end_run(self._run(trial), "FAILED")
         self._progress(trials)
+
+    def _log_overhead(self, run_id: str, trial: Any) -> None:
+        """The teardown (last report to the trial's end) to MLflow; one line per trial on where its time went."""
+        teardown = time.monotonic() - self.reported[trial.trial_id]
+        step = int(trial.last_result.get(STEP_KEY, 0))
+        self.tracker.log_metrics(run_id, {TEARDOWN: teardown}, step=step)
+        seconds = {k: float(trial.last_result[k]) for k in PHASES if k in trial.last_result}
+        seconds[TEARDOWN] = teardown
+        name = self.tracker.client.get_run(run_id).info.run_name.split(" ", 1)[0]
+        console.print(overhead_line(name, seconds, float(trial.last_result.get("time_total_s", 0.0)) + teardown), highlight=False)
 
     def _progress(self, trials: list) -> None:
         states: dict[str, int] = {}
