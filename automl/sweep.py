@@ -25,6 +25,7 @@ from ray import tune
 from rich.console import Console
 
 from automl.actions.evaluate import evaluate_checkpoint, write_metrics
+from automl.packing import OOM_REQUEUES, gpu_packer, without_auto_gpu
 from automl.report import write_report
 from automl.search import build_scheduler, build_searcher, check_combination, resolve_search_space
 from automl.search.study import study_file, study_storage, warm_start_points
@@ -96,6 +97,10 @@ def trial_resources(spec: DictConfig) -> dict[str, float]:
 def run_sweep(spec: DictConfig, spec_path: str | os.PathLike | None, resume: bool = False) -> SweepResult:
     """Run (or with `resume`, continue) the sweep the spec describes; returns its winner."""
     space = resolve_search_space(spec)  # every search-space error before Ray starts
+    root = sweep_dir(spec)
+    name = Path(spec_path).stem if spec_path else "sweep"
+    packer = gpu_packer(spec, space, root, name)  # resources_per_trial.gpu: auto
+    spec = without_auto_gpu(spec)
     metric, mode = target_metric(spec), spec.automl.mode
     max_epochs = spec.automl.max_epochs or spec.train.num_epochs
     resources = trial_resources(spec)
@@ -107,8 +112,6 @@ def run_sweep(spec: DictConfig, spec_path: str | os.PathLike | None, resume: boo
     # PBT draws its first configurations from Tune domains; every other algorithm asks Optuna.
     param_space = space.tune_domains() if spec.automl.algorithm == "pbt" else None
 
-    root = sweep_dir(spec)
-    name = Path(spec_path).stem if spec_path else "sweep"
     experiment = root / name
     state_file = root / f"{name}.{SWEEP_STATE}"
     if resume and not tune.Tuner.can_restore(str(experiment)):
@@ -134,7 +137,7 @@ def run_sweep(spec: DictConfig, spec_path: str | os.PathLike | None, resume: boo
             run_trial, base_spec=base, max_epochs=max_epochs, metric=metric, timeout_minutes=spec.automl.trial_timeout_minutes, workers=trial_workers(spec),
             cpus_per_worker=_cpus_per_worker(spec),
         ),
-        resources,
+        packer.resources if packer else resources,
     )
     train_gpus = float(trial_workers(spec)) if trial_workers(spec) > 1 and torch.cuda.is_available() else 0.0
     callback = MlflowSweepCallback(tracker, parent_id, metric, mode, run_tags(spec), validations, train_gpus) if not resume else None
@@ -154,13 +157,13 @@ def run_sweep(spec: DictConfig, spec_path: str | os.PathLike | None, resume: boo
                 run_config=tune.RunConfig(
                     name=name,
                     storage_path=str(root),
-                    failure_config=tune.FailureConfig(max_failures=spec.automl.max_failures),
+                    failure_config=tune.FailureConfig(max_failures=spec.automl.max_failures + (OOM_REQUEUES if packer else 0)),
                     # Best and latest per trial; PBT clones checkpoints of other trials that may
                     # no longer be their latest, so under PBT every one stays until the end.
                     checkpoint_config=tune.CheckpointConfig(
                         num_to_keep=None if spec.automl.scheduler == "pbt" else 1, checkpoint_score_attribute=metric, checkpoint_score_order=mode
                     ),
-                    callbacks=[callback],
+                    callbacks=[callback, *([packer] if packer else [])],
                     verbose=0,
                 ),
             )
@@ -221,8 +224,9 @@ def _start_ray(spec: DictConfig) -> None:
         ray.init(address=spec.automl.ray_address, ignore_reinit_error=True)
     elif not ray.is_initialized():
         # The dashboard (Ray's state API, which cleans up the Train runs of stopped multi-worker
-        # trials) starts when ray[default] is installed.
-        ray.init(include_dashboard=None, ignore_reinit_error=True, log_to_driver=False)
+        # trials) starts when ray[default] is installed. address="local": a cluster of our own, never
+        # one that another process on this machine started (or left behind).
+        ray.init(address="local", include_dashboard=None, ignore_reinit_error=True, log_to_driver=False)
 
 
 def _select_best(results: Any, metric: str, mode: str, spec: DictConfig) -> BestTrial:

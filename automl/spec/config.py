@@ -352,8 +352,9 @@ class AutoMLConfig:
     max_concurrent: int = param(4, "Trials running at once (0: as many as resources allow).", valid_min=0, valid_max=10000)
     metric: str = param("", "Metric to optimise (default by model.mode: PQ, AP or mIoU).")
     mode: str = param("max", "Maximise or minimise the metric.", valid_options=["max", "min"])
-    resources_per_trial: Dict[str, float] = param(
-        {}, "Resources of one trial, e.g. {cpu: 2, gpu: 0.25} (default: 1 GPU when there is one, else 1 CPU).", automl_enabled=False
+    resources_per_trial: Dict[str, Any] = param(
+        {}, "Resources of one trial, e.g. {cpu: 2, gpu: 0.25}, or {gpu: auto}: the share its measured memory needs "
+        "(default: 1 GPU when there is one, else 1 CPU).", automl_enabled=False,
     )
     search_space: Any = param("default", "A preset name in search_spaces/, a YAML file, or an inline mapping of ranges.")
     max_epochs: int = param(0, "Epochs of a full trial (0: train.num_epochs).", valid_min=0, valid_max=100000)
