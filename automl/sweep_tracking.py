@@ -177,5 +177,5 @@ class MlflowSweepCallback(tune.Callback):
         summary = ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items()))
         line = f"[sweep] {summary} | best {self.metric} so far: {best}"
         if line != self.last_line:
-            console.print(line, highlight=False)
+            console.print(line, highlight=False, markup=False)
             self.last_line = line
