@@ -45,11 +45,16 @@ def wants_auto_gpu(spec: DictConfig) -> bool:
 
 
 def without_auto_gpu(spec: DictConfig) -> DictConfig:
-    """The spec with `resources_per_trial.gpu: auto` taken out: the packer decides each trial's share (no GPU on CPU)."""
-    if not wants_auto_gpu(spec):
+    """The spec with `resources_per_trial.gpu: auto` taken out: the packer decides each trial's share (no GPU on CPU).
+    Every other amount must be a number."""
+    resources = {k: v for k, v in dict(spec.automl.resources_per_trial).items() if not (k == "gpu" and wants_auto_gpu(spec))}
+    for key, value in resources.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"automl.resources_per_trial.{key}: expected a number (or gpu: {AUTO}), got {value!r}")
+    if len(resources) == len(spec.automl.resources_per_trial):
         return spec
     spec = spec.copy()
-    spec.automl.resources_per_trial = {k: v for k, v in dict(spec.automl.resources_per_trial).items() if k != "gpu"}
+    spec.automl.resources_per_trial = resources
     return spec
 
 

@@ -118,3 +118,10 @@ def test_auto_with_multi_gpu_trials_is_refused():
     spec = load_spec(None, ["automl.resources_per_trial={gpu: auto}", "train.num_gpus=2"])
     with pytest.raises(UserError, match="automl.resources_per_trial.gpu: auto packs several trials on one GPU, but train.num_gpus = 2"):
         gpu_packer(spec, space_from_mapping({LR: {}}, spec, "test"), None, "sweep")
+
+
+def test_an_amount_that_is_neither_a_number_nor_auto_is_refused():
+    with pytest.raises(UserError, match=r"automl.resources_per_trial.gpu: expected a number \(or gpu: auto\), got 'lots'"):
+        without_auto_gpu(load_spec(None, ["automl.resources_per_trial={gpu: lots}"]))
+    spec = load_spec(None, ["automl.resources_per_trial={cpu: 2, gpu: 0.5}"])
+    assert without_auto_gpu(spec) is spec
