@@ -99,13 +99,14 @@ class GpuPacker(tune.Callback):
         key = self.shape_key(config)
         shares = self._read()
         if key not in shares:
-            peak = probe_peak_memory(self.base_spec, config)
-            shares[key] = {"peak_mib": round(peak / 2**20), "share": gpu_share(peak, self.total_bytes)}
+            try:
+                peak = probe_peak_memory(self.base_spec, config)
+                shares[key] = {"peak_mib": round(peak / 2**20), "share": gpu_share(peak, self.total_bytes)}
+            except RuntimeError as err:  # e.g. the GPU is too full right now to probe: a whole GPU is safe
+                log.warning("GPU packing: %s; giving %s a whole GPU", err, key)
+                shares[key] = {"peak_mib": None, "share": 1.0}
             self._write(shares)
-            log.info(
-                "GPU packing: %s peaks at %d MiB -> %.4g of a GPU (%d per GPU)",
-                key, shares[key]["peak_mib"], shares[key]["share"], trials_per_gpu(shares[key]["share"]),
-            )  # fmt: skip
+            log.info("GPU packing: %s -> %s (%d per GPU)", key, shares[key], trials_per_gpu(shares[key]["share"]))
         return tune.PlacementGroupFactory([{"CPU": self.cpu, "GPU": shares[key]["share"]}])
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

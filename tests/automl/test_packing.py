@@ -125,3 +125,21 @@ def test_an_amount_that_is_neither_a_number_nor_auto_is_refused():
         without_auto_gpu(load_spec(None, ["automl.resources_per_trial={gpu: lots}"]))
     spec = load_spec(None, ["automl.resources_per_trial={cpu: 2, gpu: 0.5}"])
     assert without_auto_gpu(spec) is spec
+
+
+def test_a_shape_whose_probe_fails_gets_a_whole_gpu(packer, monkeypatch):
+    packer, _ = packer
+
+    def failing_probe(base_spec, config):
+        raise RuntimeError("GPU memory probe failed: CUDA out of memory")
+
+    monkeypatch.setattr(packing, "probe_peak_memory", failing_probe)
+    assert packer.resources({LR: 1e-4, QUERIES: 200}).required_resources["GPU"] == 1.0
+
+
+def test_the_probe_runs_a_few_training_steps_of_the_sampled_config_in_a_subprocess(smoke_spec):
+    from omegaconf import OmegaConf
+
+    spec = smoke_spec()
+    # On CPU the peak is 0 bytes; what matters here is that the probe's training runs to the end.
+    assert packing.probe_peak_memory(OmegaConf.to_container(spec, resolve=True), {QUERIES: 8, LR: 1e-4}) == 0
