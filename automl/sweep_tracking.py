@@ -167,7 +167,7 @@ class MlflowSweepCallback(tune.Callback):
         seconds = {k: float(trial.last_result[k]) for k in PHASES if k in trial.last_result}
         seconds[TEARDOWN] = teardown
         name = self.tracker.client.get_run(run_id).info.run_name.split(" ", 1)[0]
-        console.print(overhead_line(name, seconds, float(trial.last_result.get("time_total_s", 0.0)) + teardown), highlight=False)
+        console.print(overhead_line(name, seconds, float(trial.last_result.get("time_total_s", 0.0)) + teardown), highlight=False, soft_wrap=True)
 
     def _progress(self, trials: list) -> None:
         states: dict[str, int] = {}
@@ -177,5 +177,5 @@ class MlflowSweepCallback(tune.Callback):
         summary = ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items()))
         line = f"[sweep] {summary} | best {self.metric} so far: {best}"
         if line != self.last_line:
-            console.print(line, highlight=False, markup=False)
+            console.print(line, highlight=False, markup=False, soft_wrap=True)
             self.last_line = line
