@@ -18,8 +18,8 @@ Prints a table per experiment and writes everything to --out.
         --budget-minutes 20 --out benchmarks/results/h100_sweep_value.json
 
     # CPU check at a tiny size (the smoke spec), a few minutes on 2 cores
-    python benchmarks/sweep_throughput.py --tiny --num-samples 2 --max-epochs 2 --resources "{cpu: 1}" \
-        --spaces quick --budget-minutes 1 --out /tmp/sweep_throughput.json
+    python benchmarks/sweep_throughput.py --tiny --num-samples 2 --max-epochs 2 --resources "{cpu: 1}" "{cpu: 1, gpu: auto}" \
+        --spaces quick --space-resources "{cpu: 1}" --budget-minutes 2 --out /tmp/sweep_throughput.json
 """
 
 from __future__ import annotations
