@@ -129,12 +129,12 @@ def convert(
 
 @app.command()
 def schema(out: Path = typer.Option(DEFAULT_SCHEMA_DIR, "--out", help="Output folder.")) -> None:
-    """Write <action>.schema.json, spec templates and manifest.json (and search_spaces/default.yaml) from the spec dataclasses."""
+    """Write <action>.schema.json, spec templates and manifest.json (and search_spaces/tao.yaml) from the spec dataclasses."""
     written = write_schemas(output_folder("--out", out))
-    if out.resolve() == DEFAULT_SCHEMA_DIR.resolve():  # the default space is derived from the train schema
-        from automl.search.space import write_default_space
+    if out.resolve() == DEFAULT_SCHEMA_DIR.resolve():  # the tao space is derived from the train schema
+        from automl.search.space import write_tao_space
 
-        written.append(write_default_space())
+        written.append(write_tao_space())
     for path in written:
         console.print(f"wrote {path}", highlight=False)
 
@@ -252,6 +252,23 @@ def best(
     print_leaderboard(cfg, spec, None, top)
 
 
+@app.command()
+def report(spec: Path = SpecOption, overrides: Optional[List[str]] = OverridesArgument) -> None:
+    """Write <results_dir>/report/index.html for the latest sweep of this spec: best score against GPU-hours,
+    learning curves, parameter importance, parallel coordinates, the trials; logged to its MLflow parent run."""
+    from automl.report import write_report
+    from automl.search import resolve_search_space
+    from automl.tracking import Tracker, latest_sweep_parent
+    from automl.training import target_metric
+
+    cfg = load(spec, overrides)
+    tracker = Tracker.for_spec(cfg, spec)
+    parent_id = latest_sweep_parent(tracker)
+    if parent_id is None:
+        raise UserError(f"no sweep of {spec} in {tracker.uri}; run `automl launch -e {spec}` first")
+    console.print(f"wrote {write_report(cfg, tracker, parent_id, resolve_search_space(cfg), target_metric(cfg))}", highlight=False)
+
+
 def print_leaderboard(cfg: DictConfig, spec: Path, parent_id: str | None, top: int = 10) -> None:
     from rich.table import Table
 
@@ -298,12 +315,13 @@ def ui(
     """Start the MLflow UI on 127.0.0.1 for this spec's tracking store."""
     import subprocess
 
-    from automl.tracking import tracking_uri
+    from automl.tracking import RUNS_VIEW, Tracker
 
     cfg = load(spec, overrides)
-    uri = tracking_uri(cfg)
-    console.print(f"MLflow UI for {uri} on http://127.0.0.1:{port}", highlight=False)
-    subprocess.run([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)], check=False)
+    tracker = Tracker.for_spec(cfg, spec)
+    console.print(f"MLflow UI for {tracker.uri} on http://127.0.0.1:{port}", highlight=False)
+    console.print(f"a sweep's trials, best first: {tracker.runs_view_url(f'http://127.0.0.1:{port}', RUNS_VIEW)}", highlight=False)
+    subprocess.run([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracker.uri, "--host", "127.0.0.1", "--port", str(port)], check=False)
 
 
 def _print_error(title: str, err: Exception) -> None:

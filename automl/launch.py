@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from automl.tracking import MlflowCallback, Tracker, run_tags, spec_params
-from automl.training import TrainResult, run_training, target_metric
+from automl.training import TrainResult, build_label_map, run_training, target_metric
 
 console = Console()
 HEADLINE = ("PQ", "SQ", "RQ", "PQ_th", "PQ_st", "mIoU", "fwIoU", "pACC", "AP", "AP50", "AP75")
@@ -31,7 +31,7 @@ def train_once(
     if spec_path:
         tracker.log_artifact(run_id, spec_path, "spec")
     try:
-        result = run_training(spec, callbacks=[MlflowCallback(tracker, run_id), *callbacks], progress=progress)
+        result = run_training(spec, callbacks=[MlflowCallback(tracker, run_id, build_label_map(spec).names), *callbacks], progress=progress)
     except BaseException as err:
         # Best effort: on a full disk the store may not take it either; the next command on this
         # results_dir then marks the run KILLED (Tracker.end_interrupted_runs).

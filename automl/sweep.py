@@ -29,13 +29,17 @@ from rich.console import Console
 
 from automl.actions.evaluate import evaluate_checkpoint, write_metrics
 from automl.files import copy_file, write_json
+from automl.model_registry import publish_winner
+from automl.packing import OOM_REQUEUES, gpu_packer, without_auto_gpu
+from automl.report import write_report
 from automl.resume_guard import ResumeGuard
 from automl.resume_guard import verify as verify_state
-from automl.model_registry import publish_winner
 from automl.search import build_scheduler, build_searcher, check_combination, resolve_search_space
+from automl.search.study import study_file, study_storage, warm_start_points
 from automl.storage import exists, sweep_filesystem, worker_env
-from automl.tracking import TRIAL_TAG, Tracker, run_tags
-from automl.training import BEST_NAME, target_metric
+from automl.sweep_tracking import MlflowSweepCallback, log_baseline, log_winner
+from automl.tracking import RUNS_VIEW, Tracker, run_tags
+from automl.training import BEST_NAME, build_label_map, target_metric
 from automl.trial import CHECKPOINT_FILE, STATUS_KEY, run_trial
 from model.data.files import is_remote, redact
 from model.errors import UserError
@@ -104,89 +108,17 @@ def trial_resources(spec: DictConfig) -> dict[str, float]:
     return requested
 
 
-class MlflowSweepCallback(tune.Callback):
-    """Writes the sweep into MLflow from the driver: child runs per trial, best-so-far on the parent.
-
-    Tune pickles it with the experiment and restores it on --resume; the MLflow client is
-    rebuilt on first use, and child runs are found again by their trial-id tag.
-    """
-
-    def __init__(self, tracker: Tracker, parent_id: str, metric: str, mode: str, base_tags: dict[str, str], validations: int):
-        self._tracker: Tracker | None = tracker
-        self.validations = validations  # reports of a trial that runs to the end
-        self.last_line = ""
-        self.store = (tracker.uri, tracker.client.get_experiment(tracker.experiment_id).name)
-        self.parent_id, self.metric, self.sign = parent_id, metric, 1.0 if mode == "max" else -1.0
-        self.base_tags = base_tags
-        self.runs: dict[str, str] = {}
-        self.best: float | None = None
-
-    @property
-    def tracker(self) -> Tracker:
-        if self._tracker is None:
-            self._tracker = Tracker(*self.store)
-        return self._tracker
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_tracker": None, "runs": {}, "last_line": ""}
-
-    def _run(self, trial: Any) -> str:
-        if trial.trial_id not in self.runs:
-            run_id = self.tracker.find_child(self.parent_id, trial.trial_id)
-            if run_id is None:
-                params = {k: v for k, v in trial.config.items()}
-                run_id = self.tracker.start_run(trial.trial_id, params, {**self.base_tags, TRIAL_TAG: trial.trial_id}, parent_id=self.parent_id)
-            self.runs[trial.trial_id] = run_id
-        return self.runs[trial.trial_id]
-
-    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._run(trial)
-
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        step = int(result.get("training_iteration", 0))
-        metrics = {k: v for k, v in result.items() if isinstance(v, (int, float)) and k not in ("training_iteration", "time_this_iter_s", "timestamp", "pid", "time_total_s", "time_since_restore", "iterations_since_restore")}
-        self.tracker.log_metrics(self._run(trial), metrics, step=step)
-        value = result.get(self.metric)
-        if isinstance(value, (int, float)) and math.isfinite(value) and (self.best is None or self.sign * value > self.sign * self.best):
-            self.best = float(value)
-            self.tracker.log_metrics(self.parent_id, {f"best_{self.metric}": self.best}, step=iteration)
-        if STATUS_KEY in result:
-            self.tracker.set_tags(self._run(trial), {"status": result[STATUS_KEY]})
-        self._progress(trials)
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        run_id = self._run(trial)
-        reports = int((trial.last_result or {}).get("training_iteration", 0))
-        if "status" not in self.tracker.client.get_run(run_id).data.tags:
-            self.tracker.set_tags(run_id, {"status": "finished" if reports >= self.validations else "stopped"})
-        self.tracker.end_run(run_id, "FINISHED")
-        self._progress(trials)
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.tracker.set_tags(self._run(trial), {"status": "error", "error": str(getattr(trial, "error_file", ""))})
-        self.tracker.end_run(self._run(trial), "FAILED")
-        self._progress(trials)
-
-    def _progress(self, trials: list) -> None:
-        states: dict[str, int] = {}
-        for t in trials:
-            states[t.status] = states.get(t.status, 0) + 1
-        best = "-" if self.best is None else f"{self.best:.2f}"
-        summary = ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items()))
-        line = f"[sweep] {summary} | best {self.metric} so far: {best}"
-        if line != self.last_line:
-            console.print(line, highlight=False)
-            self.last_line = line
-
-
 def run_sweep(spec: DictConfig, spec_path: str | os.PathLike | None, resume: bool = False) -> SweepResult:
     """Run (or with `resume`, continue) the sweep the spec describes; returns its winner."""
     space = resolve_search_space(spec)  # every search-space error before Ray starts
+    root = sweep_dir(spec)
+    name = Path(spec_path).stem if spec_path else "sweep"
+    packer = gpu_packer(spec, space, root, name)  # resources_per_trial.gpu: auto
+    spec = without_auto_gpu(spec)
     metric, mode = target_metric(spec), spec.automl.mode
     max_epochs = spec.automl.max_epochs or spec.train.num_epochs
     resources = trial_resources(spec)
     check_combination(spec.automl.algorithm, spec.automl.scheduler)
-    searcher = build_searcher(space, spec.automl.algorithm, metric, mode, spec.automl.seed, spec.automl.max_concurrent)
     # Tune counts reports, one per validation: epochs -> validations.
     validations = math.ceil(max_epochs / spec.train.validation_interval)
     grace = max(1, math.ceil(spec.automl.grace_period / spec.train.validation_interval))
@@ -194,8 +126,6 @@ def run_sweep(spec: DictConfig, spec_path: str | os.PathLike | None, resume: boo
     # PBT draws its first configurations from Tune domains; every other algorithm asks Optuna.
     param_space = space.tune_domains() if spec.automl.algorithm == "pbt" else None
 
-    root = sweep_dir(spec)
-    name = Path(spec_path).stem if spec_path else "sweep"
     storage = spec.automl.storage_uri or str(root)
     storage_fs, storage_path = sweep_filesystem(storage)
     experiment, shown = f"{storage_path}/{name}", f"{redact(storage).rstrip('/')}/{name}"
@@ -210,13 +140,19 @@ def run_sweep(spec: DictConfig, spec_path: str | os.PathLike | None, resume: boo
         verify_state(Path(experiment), digests)  # before Ray unpickles any of it
     if not resume and exists(storage_fs, experiment):
         raise UserError(f"{shown} holds an earlier sweep; continue it with --resume or choose another results_dir or automl.storage_uri")
+    warm = warm_start_points(spec.automl.warm_start, mode) if spec.automl.warm_start and not resume else None
+    searcher = build_searcher(
+        space, spec.automl.algorithm, metric, mode, spec.automl.seed, spec.automl.max_concurrent,
+        storage=study_storage(study_file(root, name)), study_name=name, points_to_evaluate=warm,
+    )  # fmt: skip
 
     tracker = Tracker.for_spec(spec, spec_path)
     tracker.end_interrupted_runs(spec.results_dir)
     parent_id = _parent_run(tracker, spec, spec_path, state_file, resume, space)
-    if not resume:  # where the sweep starts from: the starting weights (or an untrained model) on dataset.val
+    label_map = build_label_map(spec)
+    if spec.automl.baseline and not resume:  # where the sweep starts from: the starting weights (or an untrained model)
         baseline = evaluate_checkpoint(spec, spec.train.pretrained_model_path or None)
-        tracker.log_metrics(parent_id, {f"baseline/{k}": v for k, v in baseline.items()}, step=0)
+        log_baseline(tracker, parent_id, baseline, label_map.names)
         console.print(f"baseline on dataset.val: {metric} {baseline.get(metric, float('nan')):.2f}", highlight=False)
     base = OmegaConf.to_container(spec, resolve=True)
     trainable = tune.with_resources(
@@ -224,9 +160,10 @@ def run_sweep(spec: DictConfig, spec_path: str | os.PathLike | None, resume: boo
             run_trial, base_spec=base, max_epochs=max_epochs, metric=metric, timeout_minutes=spec.automl.trial_timeout_minutes, workers=trial_workers(spec),
             cpus_per_worker=_cpus_per_worker(spec),
         ),
-        resources,
+        packer.resources if packer else resources,
     )
-    callback = MlflowSweepCallback(tracker, parent_id, metric, mode, run_tags(spec), validations) if not resume else None
+    train_gpus = float(trial_workers(spec)) if trial_workers(spec) > 1 and torch.cuda.is_available() else 0.0
+    callback = MlflowSweepCallback(tracker, parent_id, metric, mode, run_tags(spec), validations, train_gpus) if not resume else None
     _start_ray(spec)
     try:
         if resume:  # the restored experiment brings its searcher, scheduler and callback back
@@ -244,12 +181,12 @@ def run_sweep(spec: DictConfig, spec_path: str | os.PathLike | None, resume: boo
                     name=name,
                     storage_path=storage_path,
                     storage_filesystem=storage_fs,
-                    failure_config=tune.FailureConfig(max_failures=spec.automl.max_failures),
+                    failure_config=tune.FailureConfig(max_failures=spec.automl.max_failures + (OOM_REQUEUES if packer else 0)),
                     # Every checkpoint stays while the sweep runs: the experiment state Tune saved last
                     # (what --resume restores after a kill) may name any of them, and PBT clones
                     # other trials' older ones. _prune_checkpoints trims them once the sweep ends.
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=None, checkpoint_score_attribute=metric, checkpoint_score_order=mode),
-                    callbacks=[callback, *([ResumeGuard(Path(experiment), digests)] if local_storage else [])],
+                    callbacks=[callback, *([ResumeGuard(Path(experiment), digests)] if local_storage else []), *([packer] if packer else [])],
                     verbose=0,
                 ),
             )
@@ -276,15 +213,16 @@ def run_sweep(spec: DictConfig, spec_path: str | os.PathLike | None, resume: boo
     _prune_checkpoints(results, metric, mode, spec.automl.keep_top_k, validations)
     if local_storage:
         console.print(f"disk used by the sweep: {_disk_usage(Path(experiment)) / 2**20:.1f} MiB in {experiment}", highlight=False)
+    final = None
     if outcome.checkpoint is not None:
         final = evaluate_checkpoint(spec, str(outcome.checkpoint))
-        tracker.log_metrics(parent_id, {f"final/{k}": v for k, v in final.items()}, step=0)
-        write_metrics(final, outcome.checkpoint.parent)
+        write_metrics(final, outcome.checkpoint.parent, label_map)
         console.print(f"winner re-evaluated on dataset.val: {metric} {final.get(metric, float('nan')):.2f}", highlight=False)
         tracker.log_artifact(parent_id, outcome.checkpoint, "best")
         tracker.log_artifact(parent_id, outcome.checkpoint.parent / "best.json", "best")
         publish_winner(tracker, parent_id, spec, outcome.checkpoint)
-    tracker.log_metrics(parent_id, {f"best/{k}": v for k, v in outcome.metrics.items()}, step=0)
+    log_winner(tracker, parent_id, outcome.params, outcome.metrics, final, label_map.names)
+    console.print(f"report: {write_report(spec, tracker, parent_id, space, metric)}", highlight=False)
     tracker.end_run(parent_id)
     return SweepResult(outcome, len(results), parent_id)
 
@@ -302,6 +240,7 @@ def _parent_run(tracker: Tracker, spec: DictConfig, spec_path: Any, state_file: 
         "search_space": json.dumps(space.describe()),
     }
     parent_id = tracker.start_run(f"sweep-{Path(spec_path).stem if spec_path else 'spec'}", params, {**run_tags(spec), "automl.policy": "on"})
+    tracker.share_runs_view(RUNS_VIEW, target_metric(spec), spec.automl.mode, space.keys)
     if spec_path:
         tracker.log_artifact(parent_id, spec_path, "spec")
     write_json(state_file, {"parent_run_id": parent_id, "tracking_uri": tracker.uri})

@@ -6,6 +6,8 @@ sweep driver can write many runs from one process (the only writer of the SQLite
 
 from __future__ import annotations
 
+import html
+import json
 import math
 import os
 import time
@@ -29,6 +31,27 @@ TRIAL_TAG = "automl.trial_id"
 RESULTS_TAG = "automl.results_dir"  # the folder whose command writes the run (one writer per folder)
 PARENT_TAG = "mlflow.parentRunId"
 REGISTERED_MODEL = "mask2former"
+# MLflow 3 opens an experiment of this kind in its classic training view (runs, charts), not the GenAI one.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+# An experiment tag the UI reads as a saved runs-table layout when opened with ?viewStateShareKey=<key>.
+SHARED_VIEW_TAG = "mlflow.sharedViewState."
+RUNS_VIEW = "sweep"  # the share key of the runs-table layout a sweep saves
+# Short names of searched keys in child run names; other keys go by their last component.
+SHORT_NAMES = {
+    "train.optim.lr": "lr",
+    "train.optim.weight_decay": "wd",
+    "train.optim.backbone_multiplier": "bb",
+    "train.clip_grad_norm": "clip",
+    "model.backbone.swin.drop_path_rate": "dp",
+    "model.mask_former.no_object_weight": "noobj",
+    "model.mask_former.class_weight": "cls",
+    "model.mask_former.mask_weight": "mask",
+    "model.mask_former.dice_weight": "dice",
+    "model.mask_former.num_object_queries": "q",
+    "model.mask_former.dec_layers": "dec",
+    "dataset.augmentation.lsj_min_scale": "lsj_min",
+    "dataset.augmentation.lsj_max_scale": "lsj_max",
+}
 
 
 def tracking_uri(spec: DictConfig) -> str:
@@ -84,6 +107,49 @@ def spec_params(spec: DictConfig) -> dict[str, Any]:
     return flatten(tree)
 
 
+def trial_run_name(number: int, config: Mapping[str, Any]) -> str:
+    """A child run's name from its values: 't03 lr=2.1e-04 wd=0.03' for the sweep's third trial."""
+    values = " ".join(f"{SHORT_NAMES.get(key, key.rsplit('.', 1)[-1])}={_short_value(value)}" for key, value in config.items())
+    return f"t{number:02d} {values}".strip()
+
+
+def _short_value(value: Any) -> str:
+    if isinstance(value, float) and not isinstance(value, bool):
+        return f"{value:.1e}" if value != 0 and (abs(value) < 1e-2 or abs(value) >= 1e4) else f"{value:.3g}"
+    return str(value)
+
+
+def headline(metrics: Mapping[str, float]) -> dict[str, float]:
+    """The scores over all classes (per-class values have keys 'PQ/3', 'IoU/0': metric / train id)."""
+    return {k: v for k, v in metrics.items() if "/" not in k}
+
+
+def per_class_rows(metrics: Mapping[str, Any], class_names: Mapping[int, str] | None = None) -> list[dict[str, Any]]:
+    """Per-class values as one row per class: {"class": train id, "name": ..., "PQ": ..., "IoU": ...}."""
+    rows: dict[str, dict[str, Any]] = {}
+    for key, value in metrics.items():
+        if "/" in key:
+            name, cls = key.split("/", 1)
+            row = rows.setdefault(cls, {"class": cls})
+            if class_names is not None and cls.isdigit() and int(cls) in class_names:
+                row["name"] = class_names[int(cls)]
+            row[name] = None if isinstance(value, float) and math.isnan(value) else value
+    return list(rows.values())
+
+
+def per_class_html(rows: list[dict[str, Any]], title: str) -> str:
+    """A small standalone HTML table of `per_class_rows` (what MLflow's artifact viewer shows)."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    cell = lambda v: "-" if v is None else (f"{v:.2f}" if isinstance(v, float) else html.escape(str(v)))  # noqa: E731
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{cell(row.get(c))}</td>" for c in columns) + "</tr>" for row in rows)
+    return (
+        f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        "<style>body{font:14px sans-serif}td,th{padding:2px 10px;text-align:right}th{border-bottom:1px solid #999}</style>"
+        f"<h3>{html.escape(title)}</h3><table><tr>{head}</tr>{body}</table>"
+    )
+
+
 def run_tags(spec: DictConfig) -> dict[str, str]:
     backbone = spec.model.backbone.type
     if backbone == "swin":
@@ -108,6 +174,7 @@ class Tracker:
         else:
             location = artifact_root if not artifact_root or is_remote(artifact_root) else Path(artifact_root).resolve().as_uri()
             self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+        self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
 
     @classmethod
     def for_spec(cls, spec: DictConfig, spec_path: str | os.PathLike | None) -> "Tracker":
@@ -154,6 +221,27 @@ class Tracker:
     def log_artifact(self, run_id: str, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(Path(path).resolve()), artifact_path)
 
+    def log_per_class(self, run_id: str, metrics: Mapping[str, Any], class_names: Mapping[int, str] | None, artifact_dir: str) -> None:
+        """Per-class values as `<artifact_dir>/per_class.json` and `.html` (class names beside ids), not as metrics."""
+        rows = per_class_rows(metrics, class_names)
+        if rows:
+            self.client.log_text(run_id, json.dumps(rows, indent=2), f"{artifact_dir}/per_class.json")
+            self.client.log_text(run_id, per_class_html(rows, f"{artifact_dir}: per-class values"), f"{artifact_dir}/per_class.html")
+
+    def share_runs_view(self, key: str, metric: str, mode: str, params: Iterable[str]) -> None:
+        """Save a runs-table layout (the target metric and `params` as columns, best first) under `key`;
+        the UI opens it at `runs_view_url`."""
+        view = {
+            "orderByKey": f"metrics.`{metric}`",
+            "orderByAsc": mode == "min",
+            "selectedColumns": [f"metrics.`{metric}`", *(f"params.`{p}`" for p in params), "tags.`status`"],
+            "runsExpanded": {},
+        }
+        self.client.set_experiment_tag(self.experiment_id, f"{SHARED_VIEW_TAG}{key}", json.dumps(view))
+
+    def runs_view_url(self, ui: str, key: str) -> str:
+        return f"{ui.rstrip('/')}/#/experiments/{self.experiment_id}/runs?viewStateShareKey={key}"
+
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
 
@@ -193,13 +281,14 @@ def _chunks(items: list, size: int) -> Iterable[list]:
 
 
 class MlflowCallback(Callback):
-    """Logs a Lightning run into an MLflow run: every validation's metrics and the epoch's train loss.
+    """Logs a Lightning run into an MLflow run: every validation's scores (per-class ones as an artifact)
+    and the epoch's train loss, at step = the optimiser step.
 
     Only the first process writes (the others of a DDP run see rank > 0).
     """
 
-    def __init__(self, tracker: Tracker, run_id: str):
-        self.tracker, self.run_id = tracker, run_id
+    def __init__(self, tracker: Tracker, run_id: str, class_names: Mapping[int, str] | None = None):
+        self.tracker, self.run_id, self.class_names = tracker, run_id, class_names
 
     @rank_zero_only
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -212,7 +301,8 @@ class MlflowCallback(Callback):
         if trainer.sanity_checking:
             return
         metrics = getattr(pl_module, "validation_metrics", {})
-        self.tracker.log_metrics(self.run_id, {f"val/{k}": v for k, v in metrics.items()}, step=trainer.global_step)
+        self.tracker.log_metrics(self.run_id, {f"val/{k}": v for k, v in headline(metrics).items()}, step=trainer.global_step)
+        self.tracker.log_per_class(self.run_id, metrics, self.class_names, "val")  # the latest validation's
 
 
 def latest_sweep_parent(tracker: Tracker) -> str | None:

@@ -24,6 +24,7 @@ from ray import tune
 from automl.files import copy_file
 from automl.spec.load import apply_values
 from automl.training import run_training
+from automl.trial_timing import TrialTiming
 from model.errors import NonFiniteLossError
 
 log = logging.getLogger(__name__)
@@ -63,9 +64,9 @@ def run_trial(
 
 
 def _train(spec: DictConfig, metric: str, timeout_minutes: float, report: Callable[..., None], **trainer_overrides: Any) -> None:
-    watchdog = Watchdog(timeout_minutes)
+    watchdog, timing = Watchdog(timeout_minutes), TrialTiming()
     try:
-        run_training(spec, callbacks=[TuneReport(metric, report), watchdog], progress=False, keep_checkpoints=False, **trainer_overrides)
+        run_training(spec, callbacks=[TuneReport(metric, timing.wrap(report)), watchdog, timing], progress=False, keep_checkpoints=False, **trainer_overrides)
     except NonFiniteLossError as err:
         # Recorded and stopped; the sweep goes on (a retry would only diverge again).
         log.warning("trial stopped: %s", err)

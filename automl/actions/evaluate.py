@@ -22,6 +22,7 @@ from rich.table import Table
 from automl.actions.predictors import check_mode, is_deployed, load_predictor, predict_dataset
 from automl.actions.quantize import prepare_for_checkpoint
 from automl.spec.model_args import spec_keys_in_errors
+from automl.tracking import headline, per_class_rows
 from automl.training import BEST_NAME, LATEST_NAME, build_datamodule, build_label_map, build_module, seed_everything, train_dir
 from model.checkpoint import load_weights, read_checkpoint
 from model.data import LabelMap
@@ -143,18 +144,10 @@ def write_metrics(metrics: dict[str, float], out_dir: str | Path, label_map: Lab
     """metrics.json: headline scores and a per-class table (NaN written as null)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
-    headline = {k: v for k, v in clean.items() if "/" not in k}
-    per_class: dict[str, dict[str, Any]] = {}
-    for key, value in clean.items():
-        if "/" in key:
-            name, cls = key.split("/", 1)
-            row = per_class.setdefault(cls, {"class": cls})
-            if label_map is not None and cls.isdigit() and int(cls) in label_map.names:
-                row["name"] = label_map.names[int(cls)]
-            row[name] = value
+    scores = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in headline(metrics).items()}
+    rows = per_class_rows(metrics, label_map.names if label_map is not None else None)
     path = out / "metrics.json"
-    path.write_text(json.dumps({"metrics": headline, "per_class": list(per_class.values())}, indent=2))
+    path.write_text(json.dumps({"metrics": scores, "per_class": rows}, indent=2))
     return path
 
 

@@ -1,7 +1,7 @@
 """Hyperparameter search: the train schema -> a search space -> Optuna samplers and Ray Tune schedulers."""
 
 from automl.search.algorithms import ALGORITHMS, SCHEDULERS, build_scheduler, build_searcher, check_combination
-from automl.search.space import Parameter, SearchSpace, default_space_yaml, format_space, resolve_search_space
+from automl.search.space import Parameter, SearchSpace, format_space, resolve_search_space, tao_space_yaml
 
 __all__ = [
     "ALGORITHMS",
@@ -11,7 +11,7 @@ __all__ = [
     "build_scheduler",
     "build_searcher",
     "check_combination",
-    "default_space_yaml",
     "format_space",
     "resolve_search_space",
+    "tao_space_yaml",
 ]

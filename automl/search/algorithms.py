@@ -27,7 +27,7 @@ from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, SearchAlg
 from ray.tune.search.optuna import OptunaSearch
 from ray.tune.search.sample import Categorical
 
-from automl.search.space import SearchSpace
+from automl.search.space import SearchSpace, is_architecture
 from model.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -36,9 +36,6 @@ ALGORITHMS = ("tpe", "random", "grid", "gp", "cmaes", "bohb", "pbt")
 SCHEDULERS = ("asha", "hyperband", "median", "pbt", "fifo")
 # BOHB is Bayesian search plus bandit-style early stopping: it needs one of these schedulers.
 BOHB_SCHEDULERS = ("hyperband", "asha")
-# Integer keys under this prefix set layer counts and widths: a PBT trial that takes over another's
-# checkpoint takes its architecture too, so PBT never mutates them.
-ARCHITECTURE_PREFIX = "model."
 # Optuna's grid sampler lists every combination up front; past this a grid search is a mistake.
 MAX_GRID_SIZE = 10_000
 
@@ -77,19 +74,29 @@ def build_searcher(
     mode: str = "max",
     seed: int | None = None,
     max_concurrent: int = 0,
+    storage: optuna.storages.BaseStorage | None = None,
+    study_name: str | None = None,
+    points_to_evaluate: list[dict] | None = None,
 ) -> Searcher | SearchAlgorithm:
     """The Tune search algorithm for `automl.algorithm`.
 
     tpe, random, gp, cmaes, bohb (TPE; pair it with a hyperband or asha scheduler) and grid are
     Optuna samplers seeded with `seed` behind `OptunaSearch`, limited to `max_concurrent` running
-    trials when > 0. grid walks `space.grid()` in a seeded shuffled order: set num_samples to
+    trials when > 0, keeping the study in `storage` (in memory when None) under `study_name`, and
+    trying `points_to_evaluate` (values in Optuna's coordinates, e.g. an earlier study's params)
+    first. grid walks `space.grid()` in a seeded shuffled order: set num_samples to
     `space.grid_size()` (more trials repeat grid points). pbt returns Tune's own random generator;
     pass `space.tune_domains()` as the Tuner's param_space.
     """
     _check_name("automl.algorithm", algorithm, ALGORITHMS)
     if algorithm == "pbt":
+        if points_to_evaluate:
+            raise UserError("automl.warm_start: population-based training has no Optuna study to start from earlier trials")
         return BasicVariantGenerator(max_concurrent=max_concurrent, random_state=seed)
-    searcher = OptunaSearch(space=space.sample, metric=metric, mode=mode, sampler=_optuna_sampler(space, algorithm, seed))
+    searcher = OptunaSearch(
+        space=space.sample, metric=metric, mode=mode, sampler=_optuna_sampler(space, algorithm, seed),
+        storage=storage, study_name=study_name, points_to_evaluate=points_to_evaluate,
+    )  # fmt: skip
     return ConcurrencyLimiter(searcher, max_concurrent=max_concurrent) if max_concurrent > 0 else searcher
 
 
@@ -161,7 +168,7 @@ def pbt_mutations(space: SearchSpace) -> dict:
     """
     mutations = {}
     for key, domain in space.tune_domains().items():
-        if space[key].kind == "int" and key.startswith(ARCHITECTURE_PREFIX):
+        if is_architecture(key, space[key].kind):  # a PBT clone takes its donor's architecture with the weights
             continue
         mutations[key] = list(domain.categories) if isinstance(domain, Categorical) else domain
     if not mutations:

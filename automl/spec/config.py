@@ -158,6 +158,15 @@ class AugmentationConfig:
         2560, "Longest edge after the training resize.", valid_min=32, valid_max=8192, math_cond="/ 32", automl_enabled=True
     )
     train_crop_size: List[int] = param([640, 640], "Training crop [H, W].", valid_min=32, valid_max=8192, automl_enabled=False, length=2)
+    # Our addition: the large-scale-jitter range (fixed at [0.1, 2.0] in the LSJ paper), searchable.
+    lsj_min_scale: float = param(
+        0.1, "lsj: smallest resize, as a multiple of the crop size.", valid_min=0.05, valid_max=1.0,
+        depends_on=["dataset.augmentation.train_augmentation == lsj"], automl_enabled=True,
+    )
+    lsj_max_scale: float = param(
+        2.0, "lsj: largest resize, as a multiple of the crop size.", valid_min=1.0, valid_max=4.0,
+        depends_on=["dataset.augmentation.train_augmentation == lsj"], automl_enabled=True,
+    )
     # Test sizes change how the metric is measured, so the search must not tune them.
     test_min_size: int = param(640, "Shortest edge at test time.", valid_min=32, valid_max=8192, automl_enabled=False)
     test_max_size: int = param(
@@ -250,7 +259,9 @@ class TrainConfig:
     results_dir: str = param("", "Where training writes (default: <results_dir>/train).", is_path=True)
     freeze: List[str] = param([], "Module name prefixes to freeze, e.g. [\"backbone\"].", automl_enabled=False)
     pretrained_model_path: str = param("", "Checkpoint whose weights initialise the model (weights only).", is_path=True)
-    clip_grad_norm: float = param(0.1, "Clip the full-model gradient L2 norm to this (0 disables).", valid_min=0.0, valid_max=1000.0)
+    clip_grad_norm: float = param(
+        0.1, "Clip the full-model gradient L2 norm to this (0 disables).", valid_min=0.0, valid_max=1000.0, automl_enabled=True
+    )
     clip_grad_type: str = param("full", "Gradient clipping over the full model.", valid_options=["full"])
     is_dry_run: bool = param(False, "Build everything and run one step, then stop.")
     optim: OptimConfig = section(OptimConfig, "Optimiser and schedule.")
@@ -375,9 +386,9 @@ class AutoMLConfig:
     max_concurrent: int = param(4, "Trials running at once (0: as many as resources allow).", valid_min=0, valid_max=10000)
     metric: str = param("", "Metric to optimise (default by model.mode: PQ, AP or mIoU).")
     mode: str = param("max", "Maximise or minimise the metric.", valid_options=["max", "min"])
-    resources_per_trial: Dict[str, float] = param(
-        {}, "Resources of one trial, e.g. {cpu: 2, gpu: 0.25} (default: 1 GPU when there is one, else 1 CPU).", valid_min=0.0,
-        automl_enabled=False,
+    resources_per_trial: Dict[str, Any] = param(
+        {}, "Resources of one trial, e.g. {cpu: 2, gpu: 0.25}, or {gpu: auto}: the share its measured memory needs "
+        "(default: 1 GPU when there is one, else 1 CPU).", valid_min=0.0, automl_enabled=False,
     )
     search_space: Any = param("default", "A preset name in search_spaces/, a YAML file, or an inline mapping of ranges.")
     max_epochs: int = param(0, "Epochs of a full trial (0: train.num_epochs).", valid_min=0, valid_max=100000)
@@ -402,6 +413,10 @@ class AutoMLConfig:
     export_best: bool = param(
         False, "Export the winner to ONNX (export.* settings) after the sweep and check it against PyTorch; its registered "
         "MLflow model gets alias 'champion' once the check passed."
+    )
+    baseline: bool = param(False, "Evaluate the starting weights on dataset.val before the sweep (logged on the parent run).")
+    warm_start: str = param(
+        "", "results_dir of an earlier sweep whose best configurations this sweep tries first (from its Optuna study).", is_path=True
     )
 
 

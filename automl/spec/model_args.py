@@ -44,7 +44,9 @@ CUSTOM_SWIN_ARGUMENTS = ("embed_dim", "depths", "num_heads")  # set by swin.type
 # build_dataset arguments, each read from dataset.<split>.<same name> (dataset_type: dataset.<split>.type).
 SPLIT_ARGUMENTS = ("img_dir", "panoptic_json", "panoptic_dir", "instance_json", "root_dir", "annot_file")
 # build_transform arguments, each read from dataset.augmentation.<same name>.
-AUGMENTATION_ARGUMENTS = ("train_augmentation", "train_min_size", "train_max_size", "train_crop_size", "test_min_size", "test_max_size")
+AUGMENTATION_ARGUMENTS = (
+    "train_augmentation", "train_min_size", "train_max_size", "train_crop_size", "test_min_size", "test_max_size", "lsj_min_scale", "lsj_max_scale",
+)
 
 
 def spec_key(argument: str, split: str | None = None) -> str:

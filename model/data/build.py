@@ -80,9 +80,12 @@ def build_transform(
     train_crop_size: Sequence[int] = (640, 640),
     test_min_size: int = 640,
     test_max_size: int = 640,
+    lsj_min_scale: float = 0.1,
+    lsj_max_scale: float = 2.0,
 ) -> Transform:
     """Training augmentation ('resize_crop': shortest edge from train_min_size, at most train_max_size,
-    then a random train_crop_size crop; 'lsj': large-scale jitter to train_crop_size), or the
+    then a random train_crop_size crop; 'lsj': large-scale jitter to train_crop_size, resized by a factor in
+    [lsj_min_scale, lsj_max_scale]), or the
     evaluation resize (shortest edge test_min_size, longest at most test_max_size)."""
     if not is_train:
         return ResizeShortestEdge(test_min_size, test_max_size)
@@ -94,5 +97,5 @@ def build_transform(
             raise ArgumentError("train_min_size", "empty; expected a list of shortest-edge sizes")
         return ResizeCrop(list(train_min_size), train_max_size, crop_size)
     if train_augmentation == "lsj":
-        return LargeScaleJitter(crop_size)
+        return LargeScaleJitter(crop_size, lsj_min_scale, lsj_max_scale)
     raise ArgumentError("train_augmentation", f"{train_augmentation!r}; expected one of {list(TRAIN_AUGMENTATIONS)}")

@@ -10,14 +10,14 @@ from omegaconf import OmegaConf
 
 from automl.search import space as space_module
 from automl.search.space import (
-    DEFAULT_SPACE_FILE,
+    TAO_SPACE_FILE,
     Parameter,
     SearchSpace,
-    default_space_yaml,
     format_space,
     preset_names,
     resolve_search_space,
     space_from_mapping,
+    tao_space_yaml,
 )
 from automl.spec.load import load_spec
 from model.errors import UserError
@@ -49,18 +49,82 @@ def as_overrides(config):
 # ---------------------------------------------------------------------------------------------
 # files and presets
 # ---------------------------------------------------------------------------------------------
-def test_committed_default_space_is_up_to_date():
-    assert DEFAULT_SPACE_FILE.read_text() == default_space_yaml(), "search_spaces/default.yaml is stale: run write_default_space()"
+QUERIES = "model.mask_former.num_object_queries"
+DEC_LAYERS = "model.mask_former.dec_layers"
+LSJ_KEYS = {"dataset.augmentation.lsj_min_scale", "dataset.augmentation.lsj_max_scale"}
+FINE_TUNING_KEYS = {
+    LR, "train.optim.weight_decay", "train.optim.backbone_multiplier", "train.clip_grad_norm",
+    "model.backbone.swin.drop_path_rate", "model.mask_former.no_object_weight", "model.mask_former.class_weight",
+    "model.mask_former.mask_weight", "model.mask_former.dice_weight",
+}  # fmt: skip
 
 
-def test_default_space_is_the_schemas_automl_default_parameters():
-    space = resolve_search_space(load_spec(None))
-    assert space.source == "search_spaces/default.yaml"
+def test_committed_tao_space_is_up_to_date():
+    assert TAO_SPACE_FILE.read_text() == tao_space_yaml(), "search_spaces/tao.yaml is stale: run `automl schema`"
+
+
+def test_tao_preset_is_the_schemas_automl_default_parameters():
+    space = resolve_search_space(load_spec(None, ["automl.search_space=tao"]))
+    assert space.source == "search_spaces/tao.yaml"
     assert sorted(space.keys) == sorted(space_module._train_schema()["automl_default_parameters"])
 
 
+def test_default_space_fine_tunes_and_picks_the_architecture_from_sets_when_training_from_scratch():
+    space = resolve_search_space(load_spec(None))
+    assert space.source == "search_spaces/default.yaml"
+    assert set(space.keys) == FINE_TUNING_KEYS | {QUERIES, DEC_LAYERS}  # the spec trains with resize_crop: no lsj keys
+    for key in ("train.optim.lr", "train.optim.weight_decay", "train.optim.backbone_multiplier", "train.clip_grad_norm"):
+        assert space[key].log
+    drawn = draws(space, 60)
+    assert {c[QUERIES] for c in drawn} == {100, 200} and {c[DEC_LAYERS] for c in drawn} == {7, 10}
+    for config in drawn[:5]:  # every draw is a valid spec
+        load_spec(None, as_overrides(config))
+
+
+def test_default_space_searches_the_jitter_range_of_an_lsj_spec():
+    space = resolve_search_space(load_spec(None, ["dataset.augmentation.train_augmentation=lsj"]))
+    assert LSJ_KEYS <= set(space.keys)
+    assert all(c["dataset.augmentation.lsj_min_scale"] <= 1.0 <= c["dataset.augmentation.lsj_max_scale"] for c in draws(space, 50))
+
+
+def test_default_space_keeps_the_architecture_of_a_pretrained_model(tmp_path):
+    weights = tmp_path / "converted.pth"
+    weights.write_bytes(b"")
+    space = resolve_search_space(load_spec(None, [f"train.pretrained_model_path={weights}"]))
+    assert set(space.keys) == FINE_TUNING_KEYS
+
+
+def test_architecture_search_over_pretrained_weights_is_refused_in_one_line(tmp_path):
+    weights = tmp_path / "converted.pth"
+    weights.write_bytes(b"")
+    spec = load_spec(None, [f"train.pretrained_model_path={weights}"])
+    with pytest.raises(UserError, match=rf"^{SOURCE}: {QUERIES} change the network's shape, but train.pretrained_model_path loads .*converted.pth") as caught:
+        space_from_mapping({LR: {}, QUERIES: {"options": [100, 200]}}, spec, SOURCE)
+    assert "\n" not in str(caught.value)
+
+
+def test_number_options_draw_only_those_values_and_each_must_meet_the_schema():
+    space = space_of({HIDDEN: {"options": [128, 256]}, FFN: {"min": 512, "max": 1024}})
+    assert {c[HIDDEN] for c in draws(space, 40)} == {128, 256}
+    assert space.grid()[HIDDEN] == [128, 256]
+    assert space.tune_domains()[HIDDEN].categories == [128, 256]
+    with pytest.raises(UserError, match=rf"{HIDDEN}: option 100 is not within the schema's \[64, 1024\] and a multiple of 8"):
+        space_of({HIDDEN: {"options": [100, 256]}})
+    with pytest.raises(UserError, match=rf"{FFN}: a set of values must hold for every draw of {HIDDEN}"):
+        space_of({HIDDEN: {"options": [128, 512]}, FFN: {"min": 256, "max": 1024}})
+
+
+def test_optional_key_that_cannot_apply_is_left_out_and_the_same_key_without_it_is_refused():
+    space = space_of({LR: {}, GAMMA: {"optional": True}}, overrides=[f"{SCHEDULE}=Cosine"])
+    assert space.keys == [LR]
+    with pytest.raises(UserError, match=rf"{GAMMA}: only used when {SCHEDULE} == MultiStep"):
+        space_of({LR: {}, GAMMA: {}}, overrides=[f"{SCHEDULE}=Cosine"])
+    with pytest.raises(UserError, match=r"no key of the space applies to this spec"):
+        space_of({GAMMA: {"optional": True}}, overrides=[f"{SCHEDULE}=Cosine"])
+
+
 def test_presets_resolve_by_name_and_full_covers_every_automl_enabled_key():
-    assert {"default", "quick", "full"} <= set(preset_names())
+    assert {"default", "quick", "full", "tao"} <= set(preset_names())
     quick = resolve_search_space(load_spec(None, ["automl.search_space=quick"]))
     assert set(quick.keys) == {LR, "train.optim.weight_decay", "train.optim.backbone_multiplier"}
     full = resolve_search_space(load_spec(None, ["automl.search_space=full"]))
@@ -81,7 +145,7 @@ def test_search_space_may_be_inline_in_the_spec():
 
 
 def test_unknown_preset_names_the_setting_and_the_presets():
-    with pytest.raises(UserError, match=r"automl.search_space: 'fast' is neither a preset \(default, full, quick"):
+    with pytest.raises(UserError, match=r"automl.search_space: 'fast' is neither a preset \(default, full, quick, tao"):
         resolve_search_space(load_spec(None, ["automl.search_space=fast"]))
 
 
@@ -299,8 +363,10 @@ def test_parameters_built_directly_sample_without_a_spec():
         ({SCHEDULE: {"options": ["MultiStep", "Linear"]}}, r"train.optim.lr_scheduler: options \['Linear'\] are not in"),
         ({SCHEDULE: {"weights": [0.5, 0.5]}}, r"train.optim.lr_scheduler: weights must be a list of 3 numbers"),
         ({SCHEDULE: {"weights": [0.5, -0.1, 0.6]}}, r"train.optim.lr_scheduler: weights must be numbers >= 0"),
-        ({LR: {"low": 1e-5}}, r"train.optim.lr: unknown setting low; expected some of min, max, log, options, weights, values"),
-        ({LR: {"options": [1e-4]}}, r"train.optim.lr: 'options' is for categorical parameters"),
+        ({LR: {"low": 1e-5}}, r"train.optim.lr: unknown setting low; expected some of min, max, log, options, weights, values, optional"),
+        ({LR: {"weights": [1.0]}}, r"train.optim.lr: 'weights' is for categorical parameters"),
+        ({LR: {"options": [1e-4], "max": 1e-3}}, r"train.optim.lr: options list the values to choose from; drop max"),
+        ({LR: {"optional": "yes"}}, r"train.optim.lr: optional must be true or false"),
         ({SCHEDULE: {"min": 0}}, r"train.optim.lr_scheduler: 'min' is for numbers"),
         ({HIDDEN: {"min": 65, "max": 70}}, r"model.mask_former.hidden_dim: no value between min 65 and max 70 is a multiple of 8"),
         ({HIDDEN: {"values": [64, 100]}}, r"model.mask_former.hidden_dim: value 100 is not within \[64, 100\] and a multiple of 8"),

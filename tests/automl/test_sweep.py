@@ -9,9 +9,11 @@ import sys
 import time
 from pathlib import Path
 
+import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
+from automl.search.study import study_storage
 from automl.sweep import SweepFailed, run_sweep
 from automl.tracking import TRIAL_TAG, tracking_uri
 from model.checkpoint import read_checkpoint
@@ -32,7 +34,7 @@ def sweep(synthetic_data, tmp_path_factory):
     from automl.spec import load_spec
 
     results = tmp_path_factory.mktemp("sweep")
-    spec = load_spec(SMOKE_SPEC, [*data_overrides(synthetic_data), f"results_dir={results}", *SWEEP], action="train")
+    spec = load_spec(SMOKE_SPEC, [*data_overrides(synthetic_data), f"results_dir={results}", *SWEEP, "automl.baseline=true"], action="train")
     return spec, run_sweep(spec, SMOKE_SPEC)
 
 
@@ -47,7 +49,36 @@ def test_every_trial_is_a_child_run_with_its_params_and_metrics(sweep):
         assert run.info.status == "FINISHED"
         assert {"train.optim.lr", "train.optim.weight_decay", "train.optim.backbone_multiplier"} <= set(run.data.params)
         assert 1 <= len(client.get_metric_history(run.info.run_id, "PQ")) <= 2
-    assert "baseline/PQ" in parent.data.metrics and "final/PQ" in parent.data.metrics
+    assert "final/PQ" in parent.data.metrics
+
+
+def test_mlflow_reads_well_names_params_steps_and_per_class_artifacts(sweep):
+    spec, _ = sweep
+    client = MlflowClient(tracking_uri(spec))
+    experiment = client.get_experiment_by_name("synthetic_smoke")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the classic training view
+    view = json.loads(experiment.tags["mlflow.sharedViewState.sweep"])
+    assert view["selectedColumns"][:2] == ["metrics.`PQ`", "params.`train.optim.lr`"]
+    parent, runs = children(client, spec)
+    # the baseline and the winner's values are params; the parent's metrics are scores, never parameters
+    assert "baseline.PQ" in parent.data.params and not any(k.startswith("baseline") for k in parent.data.metrics)
+    assert float(parent.data.params["best.train.optim.lr"]) > 0
+    assert not any("config" in k or "/" in k.split("/", 1)[-1] for k in parent.data.metrics)
+    parent_artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "baseline")}
+    assert parent_artifacts == {"baseline/per_class.json", "baseline/per_class.html"}
+    rows = json.loads(Path(client.download_artifacts(parent.info.run_id, "baseline/per_class.json")).read_text())
+    assert {row["name"] for row in rows} >= {"circle"} and all("PQ" in row for row in rows)
+    first_steps = set()
+    for run in runs:
+        lr = float(run.data.params["train.optim.lr"])
+        assert run.info.run_name.startswith("t0") and f"lr={lr:.1e}" in run.info.run_name
+        assert not any(k.startswith("train.") or k in ("step", "done", "training_iteration") for k in run.data.metrics)
+        assert {"gpu_seconds", "wall_seconds"} <= set(run.data.metrics)
+        # step = the trial's optimiser step (validations every 5 epochs), not the report count
+        epochs = client.get_metric_history(run.info.run_id, "epoch")
+        assert [m.value for m in epochs][:1] == [5] and epochs[0].step >= 5
+        first_steps.add(epochs[0].step)
+    assert len(first_steps) == 1  # same data and batch size: the same step at the first validation
 
 
 def test_the_best_checkpoint_is_the_best_childs_best_validation(sweep):
@@ -65,6 +96,17 @@ def test_the_best_checkpoint_is_the_best_childs_best_validation(sweep):
     assert parent.data.metrics["final/PQ"] == pytest.approx(best_per_trial[winner], abs=1e-4)
     [version] = client.search_model_versions("name = 'mask2former'")
     assert version.run_id == parent.info.run_id
+
+
+def test_the_sweep_ends_with_its_report_and_keeps_its_optuna_study(sweep):
+    spec, _ = sweep
+    report = Path(spec.results_dir) / "report"
+    assert {"index.html", "best_so_far.png", "learning_curves.png", "importance.png", "parallel_coordinates.png"} <= {p.name for p in report.iterdir()}
+    study = optuna.load_study(study_name="synthetic_smoke", storage=study_storage(Path(spec.results_dir) / "automl" / "synthetic_smoke.optuna.journal"))
+    assert len(study.trials) == 4 and all(t.value is not None for t in study.trials)
+    client = MlflowClient(tracking_uri(spec))
+    parent, _ = children(client, spec)
+    assert "report/index.html" in {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
 
 
 def test_trials_keep_at_most_their_best_and_latest_checkpoints(sweep):
@@ -138,6 +180,10 @@ def test_an_interrupted_sweep_resumes_and_accounts_for_every_trial(synthetic_dat
     runs = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
     assert len(runs) == 5 and len({r.data.tags[TRIAL_TAG] for r in runs}) == 5  # none rerun, none duplicated
     assert all(r.info.status == "FINISHED" for r in runs)
+    # best-so-far continues after the resume: it never drops, and ends at the best child's best
+    best_so_far = [m.value for m in sorted(client.get_metric_history(parents[0].info.run_id, "best_PQ"), key=lambda m: (m.step, m.timestamp))]
+    assert best_so_far == sorted(best_so_far)
+    assert best_so_far[-1] == pytest.approx(max(m.value for r in runs for m in client.get_metric_history(r.info.run_id, "PQ")))
     assert (tmp_path / "best" / "mask2former_model_best.pth").exists()
 
 

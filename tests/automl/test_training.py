@@ -1,6 +1,8 @@
 """One training run on CPU: it learns, names its checkpoints, resumes exactly, and is tracked in MLflow."""
 
+import json
 import math
+from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
@@ -98,6 +100,10 @@ def test_mlflow_holds_the_run_with_metrics_and_artifacts(trained):
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
     assert {f"checkpoints/{BEST_NAME}.pth", "checkpoints/" + result.latest_checkpoint.name} <= artifacts
     assert client.list_artifacts(run.info.run_id, "spec")
+    # per-class scores: an artifact with class names, not hundreds of metrics
+    assert not [key for key in run.data.metrics if key.count("/") > 1]
+    rows = json.loads(Path(client.download_artifacts(run.info.run_id, "val/per_class.json")).read_text())
+    assert {row["name"] for row in rows} == {"circle", "square", "triangle", "sky", "grass", "wall"}
 
 
 def test_a_rerun_resumes_at_the_right_step_with_the_same_lr_and_batches(smoke_spec):

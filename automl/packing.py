@@ -1,0 +1,186 @@
+"""Memory-aware packing: `automl.resources_per_trial: {gpu: auto}` gives each trial the GPU share it needs.
+
+A short probe of a trial's configuration (a few training steps and one validation batch at the
+spec's crop size and batch, in a subprocess) measures its peak GPU memory; the trial then asks
+Ray for that fraction of a GPU plus a safety margin, so as many trials share a GPU as fit.
+Probes are cached per network shape (the architecture keys of the config) in
+`<results_dir>/automl/<sweep>.gpu_shares.json`. A trial that still runs out of GPU memory is
+re-queued with twice its share (up to a whole GPU) instead of failing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+from omegaconf import DictConfig, OmegaConf
+from ray import tune
+
+from automl.search.space import SearchSpace, is_architecture
+from model.errors import UserError
+
+log = logging.getLogger(__name__)
+AUTO = "auto"
+# Shares are multiples of this, so Ray's sums of fractions stay exact and trials pack evenly.
+SHARE_STEP = 1 / 16
+# Added to the measured peak: allocator fragmentation and batches larger than the probe's.
+SAFETY_MARGIN = 0.2
+# Memory a CUDA process holds outside PyTorch's allocator (context, kernels, cuDNN/cuBLAS workspaces).
+CUDA_CONTEXT_BYTES = 600 * 2**20
+PROBE_STEPS = 3
+# Re-queues after an out-of-memory error: 1/16 doubles to a whole GPU in four.
+OOM_REQUEUES = 4
+SHARES_SUFFIX = ".gpu_shares.json"
+
+
+def wants_auto_gpu(spec: DictConfig) -> bool:
+    return str(dict(spec.automl.resources_per_trial).get("gpu", "")).lower() == AUTO
+
+
+def without_auto_gpu(spec: DictConfig) -> DictConfig:
+    """The spec with `resources_per_trial.gpu: auto` taken out: the packer decides each trial's share (no GPU on CPU).
+    Every other amount must be a number."""
+    resources = {k: v for k, v in dict(spec.automl.resources_per_trial).items() if not (k == "gpu" and wants_auto_gpu(spec))}
+    for key, value in resources.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"automl.resources_per_trial.{key}: expected a number (or gpu: {AUTO}), got {value!r}")
+    if len(resources) == len(spec.automl.resources_per_trial):
+        return spec
+    spec = spec.copy()
+    spec.automl.resources_per_trial = resources
+    return spec
+
+
+def gpu_share(peak_bytes: int, total_bytes: int, margin: float = SAFETY_MARGIN, context_bytes: int = CUDA_CONTEXT_BYTES) -> float:
+    """The GPU fraction for a trial whose allocator peaked at `peak_bytes`: peak plus context plus
+    margin, rounded up to a multiple of SHARE_STEP, at most one GPU."""
+    need = (peak_bytes + context_bytes) * (1 + margin) / total_bytes
+    return min(1.0, max(SHARE_STEP, math.ceil(round(need / SHARE_STEP, 9)) * SHARE_STEP))
+
+
+def larger_share(share: float) -> float:
+    """The share after an out-of-memory error: twice as much, at most one GPU."""
+    return min(1.0, math.ceil(round(2 * share / SHARE_STEP, 9)) * SHARE_STEP)
+
+
+def trials_per_gpu(share: float) -> int:
+    return int(round(1 / share, 9) // 1)
+
+
+def is_cuda_oom(error_text: str) -> bool:
+    return "OutOfMemoryError" in error_text or "CUDA out of memory" in error_text
+
+
+class GpuPacker(tune.Callback):
+    """Each trial's resources from its configuration (`resources`, for `tune.with_resources`), and
+    a bigger share for a trial that ran out of GPU memory (a Tune callback).
+
+    State lives in the shares file, because Tune holds its own copies of the trainable's resource
+    function and of its callbacks.
+    """
+
+    def __init__(self, base_spec: Mapping[str, Any], space: SearchSpace, shares_file: Path, cpu: float, total_bytes: int):
+        self.base_spec, self.space, self.shares_file = dict(base_spec), space, Path(shares_file)
+        self.cpu, self.total_bytes = cpu, total_bytes
+
+    def shape_key(self, config: Mapping[str, Any]) -> str:
+        """What decides a trial's memory among its values: the network's shape (batch and crop are the spec's)."""
+        shape = {k: v for k, v in sorted(config.items()) if k in self.space.keys and is_architecture(k, self.space[k].kind)}
+        return json.dumps(shape)
+
+    def resources(self, config: dict) -> tune.PlacementGroupFactory:
+        key = self.shape_key(config)
+        shares = self._read()
+        if key not in shares:
+            try:
+                peak = probe_peak_memory(self.base_spec, config)
+                shares[key] = {"peak_mib": round(peak / 2**20), "share": gpu_share(peak, self.total_bytes)}
+            except RuntimeError as err:  # e.g. the GPU is too full right now to probe: a whole GPU is safe
+                log.warning("GPU packing: %s; giving %s a whole GPU", err, key)
+                shares[key] = {"peak_mib": None, "share": 1.0}
+            self._write(shares)
+            log.info("GPU packing: %s -> %s (%d per GPU)", key, shares[key], trials_per_gpu(shares[key]["share"]))
+        return tune.PlacementGroupFactory([{"CPU": self.cpu, "GPU": shares[key]["share"]}])
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """A trial about to be retried: after an out-of-memory error, with twice its GPU share."""
+        error = Path(trial.error_file).read_text(errors="replace") if trial.error_file and Path(trial.error_file).exists() else ""
+        if not is_cuda_oom(error):
+            return
+        shares = self._read()
+        key = self.shape_key(trial.config)
+        old = float(trial.placement_group_factory.required_resources.get("GPU", 0.0))
+        new = larger_share(old)
+        shares[key] = {**shares.get(key, {}), "share": max(new, shares.get(key, {}).get("share", 0.0))}
+        self._write(shares)
+        trial.update_resources(tune.PlacementGroupFactory([{"CPU": self.cpu, "GPU": new}]))
+        log.warning("trial %s ran out of GPU memory with %.4g of a GPU: re-queued with %.4g", trial.trial_id, old, new)
+
+    def _read(self) -> dict:
+        return json.loads(self.shares_file.read_text()) if self.shares_file.exists() else {}
+
+    def _write(self, shares: dict) -> None:
+        self.shares_file.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.shares_file.with_suffix(".partial")
+        partial.write_text(json.dumps(shares, indent=2))
+        os.replace(partial, self.shares_file)
+
+
+def gpu_packer(spec: DictConfig, space: SearchSpace, sweep_root: Path, name: str) -> GpuPacker | None:
+    """The packer for `{gpu: auto}` on a machine with GPUs; None elsewhere (on CPU the key means no GPU)."""
+    import torch
+
+    if not wants_auto_gpu(spec):
+        return None
+    if spec.train.num_gpus * spec.train.num_nodes > 1:
+        raise UserError(
+            f"automl.resources_per_trial.gpu: auto packs several trials on one GPU, but train.num_gpus = {spec.train.num_gpus} "
+            "makes each trial span whole GPUs; give a number of GPUs instead"
+        )
+    if not torch.cuda.is_available():
+        log.info("automl.resources_per_trial.gpu: auto on a machine without GPUs: every trial runs on CPU")
+        return None
+    cpu = float(dict(spec.automl.resources_per_trial).get("cpu", 1.0))
+    total = torch.cuda.get_device_properties(0).total_memory
+    return GpuPacker(OmegaConf.to_container(spec, resolve=True), space, sweep_root / f"{name}{SHARES_SUFFIX}", cpu, total)
+
+
+def probe_peak_memory(base_spec: Mapping[str, Any], config: Mapping[str, Any]) -> int:
+    """Peak GPU memory (bytes reserved by PyTorch) of a few training steps and one validation batch of
+    `config`, in a fresh process so the driver holds no CUDA context."""
+    with tempfile.TemporaryDirectory(prefix="gpu_probe_") as directory:
+        request = Path(directory) / "probe.json"
+        request.write_text(json.dumps({"spec": base_spec, "config": dict(config), "out": directory}))
+        done = subprocess.run([sys.executable, "-m", "automl.packing", str(request)], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"GPU memory probe failed for {dict(config)}:\n{done.stderr[-4000:]}")
+        return int(json.loads((Path(directory) / "peak.json").read_text())["peak_bytes"])
+
+
+def _probe(request_file: str) -> None:
+    """What the probe process runs."""
+    import torch
+
+    from automl.spec.load import apply_values
+    from automl.training import run_training
+
+    request = json.loads(Path(request_file).read_text())
+    spec = apply_values(request["spec"], {**request["config"], "train.results_dir": request["out"]})
+    spec.train.resume_training_checkpoint_path = ""
+    run_training(
+        spec, progress=False, keep_checkpoints=False, max_epochs=1, limit_train_batches=PROBE_STEPS, limit_val_batches=1,
+        num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
+    )  # fmt: skip
+    peak = torch.cuda.max_memory_reserved() if torch.cuda.is_available() else 0
+    (Path(request["out"]) / "peak.json").write_text(json.dumps({"peak_bytes": peak}))
+
+
+if __name__ == "__main__":
+    _probe(sys.argv[1])

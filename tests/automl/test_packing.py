@@ -1,0 +1,145 @@
+"""Memory-aware packing without a GPU: the share arithmetic, probes cached per network shape,
+and a trial that ran out of GPU memory re-queued with a larger share."""
+
+import json
+from types import SimpleNamespace
+
+import pytest
+from ray.tune.execution.placement_groups import PlacementGroupFactory
+
+from automl import packing
+from automl.packing import GpuPacker, gpu_packer, gpu_share, is_cuda_oom, larger_share, trials_per_gpu, without_auto_gpu
+from automl.search.space import space_from_mapping
+from automl.spec.load import load_spec
+from model.errors import UserError
+
+GIB = 2**30
+H100 = 80 * GIB
+QUERIES, LR = "model.mask_former.num_object_queries", "train.optim.lr"
+
+
+@pytest.mark.parametrize(
+    "peak_gib, share, per_gpu",
+    [
+        (3.0, 0.0625, 16),  # (3 + 0.59) GiB x 1.2 = 4.3 GiB: 5.4% of 80 GiB -> 1/16
+        (12.0, 0.25, 4),  # 15.1 GiB = 18.9% -> 4/16
+        (30.0, 0.5, 2),  # 36.7 GiB = 45.9% -> 8/16
+        (70.0, 1.0, 1),  # more than the GPU: a whole one (an OOM later is the trial's own)
+    ],
+)
+def test_share_is_peak_plus_context_plus_margin_rounded_up_to_sixteenths(peak_gib, share, per_gpu):
+    assert gpu_share(int(peak_gib * GIB), H100) == share
+    assert trials_per_gpu(share) == per_gpu
+
+
+def test_share_never_rounds_below_the_need():
+    for peak in range(0, 70 * GIB, GIB // 3):
+        share = gpu_share(peak, H100)
+        assert share * H100 >= (peak + packing.CUDA_CONTEXT_BYTES) * (1 + packing.SAFETY_MARGIN) or share == 1.0
+        assert (share * 16).is_integer()
+
+
+def test_larger_share_doubles_up_to_one_gpu():
+    shares = [0.0625]
+    while shares[-1] < 1.0:
+        shares.append(larger_share(shares[-1]))
+    assert shares == [0.0625, 0.125, 0.25, 0.5, 1.0] and larger_share(1.0) == 1.0
+    assert len(shares) - 1 == packing.OOM_REQUEUES
+    assert larger_share(0.375) == 0.75
+
+
+def test_cuda_oom_is_recognised_in_a_trial_error():
+    assert is_cuda_oom("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB")
+    assert not is_cuda_oom("RuntimeError: shape mismatch")
+
+
+@pytest.fixture
+def packer(tmp_path, monkeypatch):
+    spec = load_spec(None)
+    space = space_from_mapping({LR: {"min": 1e-5, "max": 1e-3}, QUERIES: {"options": [100, 200]}}, spec, "test")
+    probes = []
+
+    def fake_probe(base_spec, config):  # 200 queries need twice the memory of 100
+        probes.append(dict(config))
+        return config[QUERIES] // 100 * 10 * GIB
+
+    monkeypatch.setattr(packing, "probe_peak_memory", fake_probe)
+    return GpuPacker({}, space, tmp_path / "sweep.gpu_shares.json", cpu=2.0, total_bytes=H100), probes
+
+
+def test_each_network_shape_is_probed_once_and_its_share_requested(packer):
+    packer, probes = packer
+    small = packer.resources({LR: 1e-4, QUERIES: 100})
+    assert small.required_resources == {"CPU": 2.0, "GPU": 0.1875}  # 10.6 GiB x 1.2 = 15.9% -> 3/16
+    assert packer.resources({LR: 3e-4, QUERIES: 100}).required_resources["GPU"] == 0.1875  # lr: no new probe
+    assert packer.resources({LR: 1e-4, QUERIES: 200}).required_resources["GPU"] == 0.3125  # 24.7 GiB = 30.9% -> 5/16
+    assert [p[QUERIES] for p in probes] == [100, 200]
+    shares = json.loads(packer.shares_file.read_text())
+    assert shares['{"model.mask_former.num_object_queries": 100}'] == {"peak_mib": 10240, "share": 0.1875}
+
+
+def fake_trial(tmp_path, error, share):
+    error_file = tmp_path / "error.txt"
+    error_file.write_text(error)
+    trial = SimpleNamespace(trial_id="t1", config={LR: 1e-4, QUERIES: 100}, error_file=str(error_file),
+                            placement_group_factory=PlacementGroupFactory([{"CPU": 2.0, "GPU": share}]))  # fmt: skip
+    trial.update_resources = lambda pgf: setattr(trial, "placement_group_factory", pgf)
+    return trial
+
+
+def test_a_trial_out_of_gpu_memory_is_requeued_with_twice_its_share_and_its_shape_keeps_it(packer, tmp_path):
+    packer, probes = packer
+    packer.resources({LR: 1e-4, QUERIES: 100})
+    trial = fake_trial(tmp_path, "torch.OutOfMemoryError: CUDA out of memory.", 0.1875)
+    packer.on_trial_recover(0, [trial], trial)
+    assert trial.placement_group_factory.required_resources == {"CPU": 2.0, "GPU": 0.375}
+    assert packer.resources({LR: 5e-4, QUERIES: 100}).required_resources["GPU"] == 0.375  # later trials of that shape too
+    assert len(probes) == 1
+
+
+def test_a_trial_that_failed_for_another_reason_keeps_its_share(packer, tmp_path):
+    packer, _ = packer
+    trial = fake_trial(tmp_path, "RuntimeError: worker died", 0.1875)
+    packer.on_trial_recover(0, [trial], trial)
+    assert trial.placement_group_factory.required_resources["GPU"] == 0.1875
+
+
+def test_auto_on_a_machine_without_gpus_means_no_gpu_with_a_log_line(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    spec = load_spec(None, ["automl.resources_per_trial={cpu: 2, gpu: auto}"])
+    space = space_from_mapping({LR: {}}, spec, "test")
+    with caplog.at_level("INFO", logger="automl.packing"):
+        assert gpu_packer(spec, space, tmp_path, "sweep") is None
+    assert "gpu: auto on a machine without GPUs: every trial runs on CPU" in caplog.text
+    assert dict(without_auto_gpu(spec).automl.resources_per_trial) == {"cpu": 2}
+
+
+def test_auto_with_multi_gpu_trials_is_refused():
+    spec = load_spec(None, ["automl.resources_per_trial={gpu: auto}", "train.num_gpus=2"])
+    with pytest.raises(UserError, match="automl.resources_per_trial.gpu: auto packs several trials on one GPU, but train.num_gpus = 2"):
+        gpu_packer(spec, space_from_mapping({LR: {}}, spec, "test"), None, "sweep")
+
+
+def test_an_amount_that_is_neither_a_number_nor_auto_is_refused():
+    with pytest.raises(UserError, match=r"automl.resources_per_trial.gpu: expected a number \(or gpu: auto\), got 'lots'"):
+        without_auto_gpu(load_spec(None, ["automl.resources_per_trial={gpu: lots}"]))
+    spec = load_spec(None, ["automl.resources_per_trial={cpu: 2, gpu: 0.5}"])
+    assert without_auto_gpu(spec) is spec
+
+
+def test_a_shape_whose_probe_fails_gets_a_whole_gpu(packer, monkeypatch):
+    packer, _ = packer
+
+    def failing_probe(base_spec, config):
+        raise RuntimeError("GPU memory probe failed: CUDA out of memory")
+
+    monkeypatch.setattr(packing, "probe_peak_memory", failing_probe)
+    assert packer.resources({LR: 1e-4, QUERIES: 200}).required_resources["GPU"] == 1.0
+
+
+def test_the_probe_runs_a_few_training_steps_of_the_sampled_config_in_a_subprocess(smoke_spec):
+    from omegaconf import OmegaConf
+
+    spec = smoke_spec()
+    # On CPU the peak is 0 bytes; what matters here is that the probe's training runs to the end.
+    assert packing.probe_peak_memory(OmegaConf.to_container(spec, resolve=True), {QUERIES: 8, LR: 1e-4}) == 0
