@@ -16,7 +16,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar
 from omegaconf import DictConfig, OmegaConf
 
-from automl.spec.model_args import build_network, build_split_dataset, spec_keys_in_errors
+from automl.spec.model_args import build_network, build_split_dataset
 from model.checkpoint import load_weights, read_checkpoint
 from model.criterion import SetCriterion
 from model.data import LabelMap, collate
@@ -98,8 +98,7 @@ class BestMetrics(Callback):
 
 def build_label_map(spec: DictConfig) -> LabelMap:
     label_map = LabelMap.from_file(spec.dataset.label_map, contiguous_id=spec.dataset.contiguous_id)
-    with spec_keys_in_errors():
-        label_map.check_num_classes(spec.model.sem_seg_head.num_classes)
+    label_map.check_num_classes(spec.model.sem_seg_head.num_classes)
     return label_map
 
 
