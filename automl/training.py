@@ -155,8 +155,7 @@ class BestMetrics(Callback):
 
 def build_label_map(spec: DictConfig) -> LabelMap:
     label_map = LabelMap.from_file(resolve_file(spec.dataset.label_map, data_cache_dir(spec)), contiguous_id=spec.dataset.contiguous_id)
-    with spec_keys_in_errors():
-        label_map.check_num_classes(spec.model.sem_seg_head.num_classes)
+    label_map.check_num_classes(spec.model.sem_seg_head.num_classes)
     return label_map
 
 

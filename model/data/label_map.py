@@ -13,9 +13,10 @@ from typing import Any
 import numpy as np
 
 from model.data.files import read_json
-from model.errors import ArgumentError, UserError
+from model.errors import UserError
 
 IGNORE_LABEL = 255  # the train id of pixels that no loss and no metric counts
+NUM_CLASSES_KEY = "model.sem_seg_head.num_classes"
 
 
 def _default_color(category_id: int) -> tuple[int, int, int]:
@@ -69,7 +70,7 @@ class LabelMap:
         if largest >= IGNORE_LABEL:
             raise UserError(
                 f"{source}: train id {largest} collides with the ignore label {IGNORE_LABEL}; "
-                f"expected ids below {IGNORE_LABEL} (or contiguous_id with fewer than {IGNORE_LABEL} categories)"
+                f"expected ids below {IGNORE_LABEL} (or dataset.contiguous_id: true with fewer than {IGNORE_LABEL} categories)"
             )
         self.names = {self.id_to_train_id[i]: name for i, name, _, _ in parsed}
         self.isthing = {self.id_to_train_id[i]: isthing for i, _, isthing, _ in parsed}
@@ -88,17 +89,16 @@ class LabelMap:
         return len(self.ids) if self.contiguous_id else max(self.ids) + 1
 
     def check_num_classes(self, num_classes: int) -> None:
-        """Raise an ArgumentError('num_classes') when the model's class count does not fit this label map."""
+        """Raise a UserError when the model's class count does not fit this label map."""
         if self.contiguous_id and num_classes != self.num_classes:
-            raise ArgumentError(
-                "num_classes",
-                f"{num_classes}, but the label map {self.source} has {len(self.ids)} categories and contiguous ids: expected {self.num_classes}",
+            raise UserError(
+                f"{NUM_CLASSES_KEY} is {num_classes}, but the label map {self.source} has {len(self.ids)} categories "
+                f"and dataset.contiguous_id is true: expected {self.num_classes}"
             )
         if not self.contiguous_id and num_classes < self.num_classes:
-            raise ArgumentError(
-                "num_classes",
-                f"{num_classes}, but the label map {self.source} has category id {max(self.ids)} "
-                f"and no contiguous ids (ids are the class indices): expected at least {self.num_classes}",
+            raise UserError(
+                f"{NUM_CLASSES_KEY} is {num_classes}, but the label map {self.source} has category id {max(self.ids)} "
+                f"and dataset.contiguous_id is false (ids are the class indices): expected at least {self.num_classes}"
             )
 
     def is_thing_per_class(self, num_classes: int) -> list[bool]:

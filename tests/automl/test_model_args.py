@@ -80,9 +80,3 @@ def test_data_argument_errors_name_the_spec_key(smoke_spec, overrides, message):
     spec = smoke_spec(*overrides, action=None)
     with pytest.raises(UserError, match=message):
         build_split_dataset(spec, "train", build_label_map(spec), is_train=True)
-
-
-def test_a_class_count_the_label_map_cannot_have_names_the_spec_key(smoke_spec):
-    spec = smoke_spec("model.sem_seg_head.num_classes=4", action=None)
-    with pytest.raises(UserError, match=r"^model\.sem_seg_head\.num_classes: 4, but the label map .* has 6 categories"):
-        build_label_map(spec)

@@ -38,7 +38,7 @@ def test_without_contiguous_ids_the_raw_ids_are_the_train_ids():
 def test_contiguous_num_classes_must_equal_the_number_of_categories():
     label_map = LabelMap(CATEGORIES, contiguous_id=True)
     label_map.check_num_classes(3)
-    with pytest.raises(UserError, match=r"^num_classes: 4, but .* 3 categories.*expected 3"):
+    with pytest.raises(UserError, match=r"model\.sem_seg_head\.num_classes is 4.*expected 3"):
         label_map.check_num_classes(4)
 
 
@@ -46,7 +46,7 @@ def test_raw_id_num_classes_must_exceed_the_largest_id():
     label_map = LabelMap(CATEGORIES, contiguous_id=False)
     label_map.check_num_classes(8)
     label_map.check_num_classes(200)
-    with pytest.raises(UserError, match=r"^num_classes: 7, .*category id 7.*expected at least 8"):
+    with pytest.raises(UserError, match=r"num_classes is 7.*category id 7.*expected at least 8"):
         label_map.check_num_classes(7)
 
 
