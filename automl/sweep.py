@@ -13,7 +13,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass

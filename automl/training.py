@@ -20,7 +20,7 @@ from lightning.pytorch.plugins import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
 from automl.files import atomic_write, replace_symlink
-from automl.spec.model_args import build_network, build_split_dataset, data_cache_dir, spec_keys_in_errors
+from automl.spec.model_args import build_network, build_split_dataset, data_cache_dir
 from model.checkpoint import load_weights, read_checkpoint
 from model.criterion import SetCriterion
 from model.data import LabelMap, collate, resolve_file

@@ -22,7 +22,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 from PIL import Image
 
@@ -30,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere: `model` is the repo's package
     sys.path.insert(0, str(ROOT))
 
-from model.data import build_dataset, check_dataset, check_files, write_synthetic_dataset  # noqa: E402
+from model.data import LabelMap, build_dataset, build_transform, check_dataset, check_files, write_synthetic_dataset  # noqa: E402
 
 CHECKS = {"check_files": check_files, "check_dataset": check_dataset}
 
@@ -60,10 +59,11 @@ def main(argv: list[str] | None = None) -> dict:
         paths = write_synthetic_dataset(tmp, num_images=args.num_images, size=tuple(args.size))
         if args.jpeg:
             reencode_as_jpeg(paths["train"])
-        split = SimpleNamespace(type="coco_panoptic", **{k: paths["train"][k] for k in ("img_dir", "panoptic_json", "panoptic_dir")})
-        augmentation = SimpleNamespace(test_min_size=args.size[0], test_max_size=max(args.size))  # not applied by the checks
-        dataset_cfg = SimpleNamespace(label_map=paths["label_map"], contiguous_id=True, augmentation=augmentation)
-        dataset = build_dataset(split, dataset_cfg, "panoptic", is_train=False, cache_root=str(Path(tmp) / "cache"), split="train")
+        dataset = build_dataset(
+            "coco_panoptic", task="panoptic", label_map=LabelMap.from_file(paths["label_map"], True),
+            transform=build_transform(False, test_min_size=args.size[0], test_max_size=max(args.size)),  # not applied by the checks
+            cache_root=Path(tmp) / "cache", **{k: paths["train"][k] for k in ("img_dir", "panoptic_json", "panoptic_dir")},
+        )
         rows = []
         for name, check in CHECKS.items():
             seconds = []

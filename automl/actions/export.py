@@ -117,7 +117,6 @@ def export_onnx(graph: torch.nn.Module, example: torch.Tensor, path: Path, opset
     import onnx
 
     mode = graph.task
-    dynamic_shapes = {"inputs": {0: torch.export.Dim("batch", min=1, max=1024)}} if dynamic_batch else None
     with warnings.catch_warnings():  # the tracer flags every shape it freezes; the input size is fixed on purpose
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(
@@ -140,7 +139,6 @@ def run_onnx(path: Path) -> Callable[[torch.Tensor], dict[str, np.ndarray]]:
 
 def export_aoti(graph: torch.nn.Module, example: torch.Tensor, path: Path, dynamic_batch: bool) -> None:
     """torch.export the graph and compile it with AOTInductor into a .pt2 package (CPU kernels, or CUDA ones for a GPU example)."""
-    dynamic_shapes = {"inputs": {0: torch.export.Dim("batch", min=1, max=1024)}} if dynamic_batch else None
     # strict (TorchDynamo) tracing folds the level shapes that deformable attention reads back from a tensor
     with torch.inference_mode():
         program = torch.export.export(graph, (example,), dynamic_shapes=dynamic_shapes, strict=True)

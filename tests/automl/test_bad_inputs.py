@@ -31,7 +31,7 @@ CASES = [
     ("NaN trial resources", "launch {spec} automl.resources_per_trial.cpu=.nan", "automl.resources_per_trial: {'cpu': nan} is not finite"),
     ("negative trial resources", "launch {spec} automl.resources_per_trial.cpu=-1", "automl.resources_per_trial: -1.0 is out of bounds"),
     ("crop of one side", "launch {spec} dataset.augmentation.train_crop_size=[128]", "train_crop_size: [128] has 1 items; expected 2"),
-    ("no training sizes", "launch {spec} dataset.augmentation.train_min_size=[]", "dataset.augmentation.train_min_size is empty"),
+    ("no training sizes", "launch {spec} dataset.augmentation.train_min_size=[]", "dataset.augmentation.train_min_size: empty"),
     ("bogus tracking URI", "launch {spec} --tracking-uri bogus://x --policy off", "automl.tracking_uri: 'bogus://x' is not a store MLflow opens"),
     ("results_dir is a file", "launch {spec} results_dir={tmp}/afile", "results_dir: {tmp}/afile is a file; expected a folder"),
     ("results_dir under a file", "launch {spec} results_dir={tmp}/afile/run", "results_dir: {tmp}/afile/run is under the file {tmp}/afile"),
