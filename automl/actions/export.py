@@ -139,6 +139,7 @@ def run_onnx(path: Path) -> Callable[[torch.Tensor], dict[str, np.ndarray]]:
 
 def export_aoti(graph: torch.nn.Module, example: torch.Tensor, path: Path, dynamic_batch: bool) -> None:
     """torch.export the graph and compile it with AOTInductor into a .pt2 package (CPU kernels, or CUDA ones for a GPU example)."""
+    dynamic_shapes = {"inputs": {0: torch.export.Dim("batch", min=1, max=1024)}} if dynamic_batch else None
     # strict (TorchDynamo) tracing folds the level shapes that deformable attention reads back from a tensor
     with torch.inference_mode():
         program = torch.export.export(graph, (example,), dynamic_shapes=dynamic_shapes, strict=True)
