@@ -37,9 +37,10 @@ ARCHITECTURE_KEYS = ("backbone", "sem_seg_head", "mask_former")
 
 
 def resolve_checkpoint(spec: DictConfig, value: str) -> Path:
-    """'best' (the sweep's winner), 'latest' (of the plain training run) or a path."""
+    """'best' (the sweep's winner, else the plain training run's best), 'latest' (of the plain run) or a path."""
     if value == "best":
-        path = Path(spec.results_dir) / "best" / f"{BEST_NAME}.pth"
+        winner = Path(spec.results_dir) / "best" / f"{BEST_NAME}.pth"
+        path = winner if winner.is_file() else train_dir(spec) / f"{BEST_NAME}.pth"
     elif value == "latest":
         path = train_dir(spec) / f"{LATEST_NAME}.pth"
     else:

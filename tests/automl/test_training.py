@@ -9,7 +9,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from automl.actions.evaluate import evaluate_checkpoint
+from automl.actions.evaluate import evaluate_checkpoint, resolve_checkpoint
 from automl.launch import train_once
 from automl.spec import load_spec
 from automl.tracking import tracking_uri
@@ -86,6 +86,13 @@ def test_evaluate_reproduces_the_metrics_of_the_last_validation(trained):
     metrics = evaluate_checkpoint(spec, "latest")
     for key in ("PQ", "SQ", "RQ", "mIoU", "AP"):
         assert metrics[key] == pytest.approx(result.metrics[key], abs=1e-6), key
+
+
+def test_checkpoint_best_of_a_plain_run_is_its_best_validation(trained):
+    spec, result, _ = trained
+    assert resolve_checkpoint(spec, "best") == train_dir(spec) / f"{BEST_NAME}.pth"  # no sweep winner in this results_dir
+    metrics = evaluate_checkpoint(spec, "best")
+    assert metrics["PQ"] == pytest.approx(result.best_metrics["PQ"], abs=1e-6)
 
 
 def test_mlflow_holds_the_run_with_metrics_and_artifacts(trained):
