@@ -275,7 +275,8 @@ def _check_value(spec: DictConfig, key: str, meta: dict, value: Any) -> Iterator
     low, high = meta.get("valid_min"), meta.get("valid_max")
     out_of_bounds = [v for v in numbers if (low is not None and v < low) or (high is not None and v > high)]
     if out_of_bounds:
-        yield f"{key}: {out_of_bounds[0]!r} is out of bounds; expected {low} <= value <= {high}"
+        expected = f"{low} <= value <= {high}" if low is not None and high is not None else f"value >= {low}" if low is not None else f"value <= {high}"
+        yield f"{key}: {out_of_bounds[0]!r} is out of bounds; expected {expected}"
     options = meta.get("valid_options")
     if options is not None and value is not None and value not in options:
         yield f"{key}: {value!r} is not one of {options}"

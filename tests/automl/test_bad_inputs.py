@@ -29,7 +29,7 @@ CASES = [
     ("NaN clip norm", "launch {spec} train.clip_grad_norm=.nan", "train.clip_grad_norm: nan is not finite"),
     ("infinite lr", "launch {spec} train.optim.lr=.inf", "train.optim.lr: inf is not finite"),
     ("NaN trial resources", "launch {spec} automl.resources_per_trial.cpu=.nan", "automl.resources_per_trial: {'cpu': nan} is not finite"),
-    ("negative trial resources", "launch {spec} automl.resources_per_trial.cpu=-1", "automl.resources_per_trial: -1.0 is out of bounds"),
+    ("negative trial resources", "launch {spec} automl.resources_per_trial.cpu=-1", "automl.resources_per_trial: -1 is out of bounds; expected value >= 0.0"),
     ("crop of one side", "launch {spec} dataset.augmentation.train_crop_size=[128]", "train_crop_size: [128] has 1 items; expected 2"),
     ("no training sizes", "launch {spec} dataset.augmentation.train_min_size=[]", "dataset.augmentation.train_min_size: empty"),
     ("bogus tracking URI", "launch {spec} --tracking-uri bogus://x --policy off", "automl.tracking_uri: 'bogus://x' is not a store MLflow opens"),

@@ -91,7 +91,7 @@ def test_section_given_a_scalar(tmp_path):
         ("dataset.pixel_std=[0,0,0]", r"dataset.pixel_std: 0.0 breaks the condition '> 0.0'"),
         ("dataset.pixel_mean=[123.675,116.28,103.53]", r"dataset.pixel_mean: 123.675 is out of bounds; expected 0.0 <= value <= 1.0"),
         ("dataset.augmentation.train_crop_size=[128]", r"train_crop_size: \[128\] has 1 items; expected 2"),
-        ("automl.resources_per_trial.cpu=-1", r"automl.resources_per_trial: -1.0 is out of bounds; expected 0.0 <= value"),
+        ("automl.resources_per_trial.cpu=-1", r"automl.resources_per_trial: -1 is out of bounds; expected value >= 0.0"),
     ],
 )
 def test_bad_values_are_refused_with_the_key(override, message):
