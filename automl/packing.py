@@ -176,7 +176,7 @@ def _probe(request_file: str) -> None:
     spec.train.resume_training_checkpoint_path = ""
     run_training(
         spec, progress=False, keep_checkpoints=False, max_epochs=1, limit_train_batches=PROBE_STEPS, limit_val_batches=1,
-        num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
+        num_sanity_val_steps=0, logger=False,
     )  # fmt: skip
     peak = torch.cuda.max_memory_reserved() if torch.cuda.is_available() else 0
     (Path(request["out"]) / "peak.json").write_text(json.dumps({"peak_bytes": peak}))

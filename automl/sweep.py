@@ -133,7 +133,9 @@ def run_sweep(spec: DictConfig, spec_path: str | os.PathLike | None, resume: boo
     # --resume trusts only state this installation signed; state in object storage is as trusted
     # as the bucket's access control (README: the trust boundary).
     local_storage = not is_remote(storage)
-    if resume and not tune.Tuner.can_restore(experiment, storage_filesystem=storage_fs):
+    # Tune is given a filesystem only for object storage: with one, it stages a local sweep's files elsewhere.
+    tune_fs = None if local_storage else storage_fs
+    if resume and not tune.Tuner.can_restore(experiment, storage_filesystem=tune_fs):
         raise UserError(f"--resume: no sweep to continue at {shown}; run without --resume to start one")
     if resume and local_storage:
         verify_state(Path(experiment), digests)  # before Ray unpickles any of it
@@ -166,7 +168,7 @@ def run_sweep(spec: DictConfig, spec_path: str | os.PathLike | None, resume: boo
     _start_ray(spec)
     try:
         if resume:  # the restored experiment brings its searcher, scheduler and callback back
-            tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=storage_fs)
+            tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=tune_fs)
         else:
             tuner = tune.Tuner(
                 trainable,
@@ -179,7 +181,7 @@ def run_sweep(spec: DictConfig, spec_path: str | os.PathLike | None, resume: boo
                 run_config=tune.RunConfig(
                     name=name,
                     storage_path=storage_path,
-                    storage_filesystem=storage_fs,
+                    storage_filesystem=tune_fs,
                     failure_config=tune.FailureConfig(max_failures=spec.automl.max_failures + (OOM_REQUEUES if packer else 0)),
                     # Every checkpoint stays while the sweep runs: the experiment state Tune saved last
                     # (what --resume restores after a kill) may name any of them, and PBT clones

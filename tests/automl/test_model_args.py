@@ -72,7 +72,7 @@ def _flat(tree, prefix=""):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["dataset.augmentation.train_crop_size=[64]"], r"^dataset\.augmentation\.train_crop_size: \[64\]; expected \[height, width\]"),
+        (["dataset.augmentation.train_min_size=[]"], r"^dataset\.augmentation\.train_min_size: empty; expected a list of shortest-edge sizes"),
         (["dataset.train.type=coco", "dataset.train.instance_json="], r"^dataset\.train\.instance_json: empty, but dataset type 'coco' needs it"),
     ],
 )

@@ -18,6 +18,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from automl.spec import load_spec
+from automl.trial import CHECKPOINT_FILE
 from model.data.archives import resolve_dir, resolve_file
 from model.errors import UserError
 from tests.conftest import SMOKE_SPEC
@@ -187,7 +188,7 @@ def test_a_sweep_with_data_and_storage_in_a_bucket_resumes_and_keeps_its_artifac
     artifacts = parent.info.artifact_uri.removeprefix(f"s3://{bucket}/")
     assert artifacts.startswith("sweeps/mlartifacts/")
     assert f"{artifacts}/best/mask2former_model_best.pth" in stored and f"{artifacts}/spec/synthetic_smoke.yaml" in stored, sorted(stored)
-    assert sum(key.startswith("sweeps/synthetic_smoke/") and key.endswith("/mask2former_model_latest.pth") for key in stored) >= 2
+    assert sum(key.startswith("sweeps/synthetic_smoke/") and key.endswith(f"/{CHECKPOINT_FILE}") for key in stored) >= 2
     assert any(p.name.startswith("remote-") for p in (results / "cache").iterdir())  # data came from the bucket
 
     # The secret is nowhere: not in the output, MLflow's params and tags, local files or stored objects.
