@@ -141,16 +141,20 @@ def test_results_dir_must_be_a_local_folder(smoke_spec):
         smoke_spec("results_dir=s3://bucket/results")
 
 
-def _objects(s3, bucket: str, prefix: str = "") -> dict[str, bytes]:
+def _keys(s3, bucket: str, prefix: str = "") -> list[str]:
+    pages = s3.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+
+def _objects(s3, bucket: str) -> dict[str, bytes]:
     client = s3.client()
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-    return {o["Key"]: client.get_object(Bucket=bucket, Key=o["Key"])["Body"].read() for page in pages for o in page.get("Contents", [])}
+    return {key: client.get_object(Bucket=bucket, Key=key)["Body"].read() for key in _keys(s3, bucket)}
 
 
 def _launch(s3, bucket: str, results: Path, *args: str) -> subprocess.Popen:
     overrides = [
         *bucket_data_overrides(bucket), f"results_dir={results}", f"automl.storage_uri=s3://{bucket}/sweeps", f"automl.s3_endpoint_url={s3.endpoint_url}",
-        "automl.num_samples=2", "automl.max_concurrent=1", "automl.max_epochs=1", "train.iters_per_epoch=1", "train.validation_interval=1", "automl.grace_period=1",
+        "automl.num_samples=2", "automl.max_concurrent=1", "automl.max_epochs=2", "train.iters_per_epoch=1", "train.validation_interval=1", "automl.grace_period=2",
     ]
     # Only the credentials come from the environment; the endpoint comes from the spec.
     env = {k: v for k, v in os.environ.items() if k not in ("AWS_ENDPOINT_URL_S3", "MLFLOW_S3_ENDPOINT_URL")}
@@ -167,9 +171,9 @@ def test_a_sweep_with_data_and_storage_in_a_bucket_resumes_and_keeps_its_artifac
 
     first = _launch(s3, bucket, results)
     deadline = time.monotonic() + 240
-    while first.poll() is None and time.monotonic() < deadline and not any("checkpoint_" in key for key in _objects(s3, bucket, "sweeps/")):
+    while first.poll() is None and time.monotonic() < deadline and not any("checkpoint_" in key for key in _keys(s3, bucket, "sweeps/")):
         time.sleep(1)
-    os.killpg(first.pid, signal.SIGINT)  # Ctrl-C once the first trial has a checkpoint in the bucket
+    os.killpg(first.pid, signal.SIGINT)  # Ctrl-C once the first trial has a checkpoint in the bucket (of 2 epochs x 2 trials)
     first_output = first.communicate(timeout=120)[0]
     assert first.returncode == 130, first_output
 
