@@ -117,7 +117,9 @@ def read_image_size(path: Path) -> tuple[int, int]:
     """(height, width) of an image as `read_rgb` returns it, from its header only (EXIF rotation applied)."""
     with _open_image(path) as image:
         width, height = image.size
-        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+        # Pillow decodes a whole PNG to look for EXIF after its pixels; the PNG spec puts eXIf before them.
+        in_header = image.format != "PNG" or "exif" in image.info
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1) if in_header else 1
     return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
 
 

@@ -4,17 +4,27 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.data.files import read_image_size, read_label_png, read_rgb
+from model.data.files import read_image_size, read_label_png, read_rgb, verify_image
 from model.errors import UserError
 
 
-def test_an_exif_rotated_photo_is_read_upright_and_its_header_size_agrees(tmp_path):
-    path = tmp_path / "portrait.jpg"
+@pytest.mark.parametrize("name", ["portrait.jpg", "portrait.png"])
+def test_an_exif_rotated_photo_is_read_upright_and_its_header_size_agrees(tmp_path, name):
+    path = tmp_path / name
     exif = Image.Exif()
     exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
     Image.new("RGB", (60, 20), (200, 0, 0)).save(path, exif=exif)
     assert read_rgb(path).shape == (60, 20, 3)
     assert read_image_size(path) == (60, 20)
+
+
+def test_a_png_size_is_read_from_its_header_alone(tmp_path):
+    path = tmp_path / "noise.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 48, 3), np.uint8)).save(path)
+    path.write_bytes(path.read_bytes()[:2000])  # pixels cut short: a decode would fail
+    assert read_image_size(path) == (64, 48)
+    with pytest.raises(UserError, match="image is truncated or corrupt"):
+        verify_image(path)
 
 
 def test_grey_and_rgba_images_become_rgb(tmp_path):
