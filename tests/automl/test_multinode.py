@@ -57,7 +57,7 @@ def launch(cluster, data, results, storage, *args):
 
 
 def test_trials_spread_over_two_nodes_and_resume_from_shared_storage(two_nodes, synthetic_data, tmp_path):
-    storage, results = tmp_path / "shared", tmp_path / "results"
+    storage, results = tmp_path / "cluster_storage", tmp_path / "results"
     first = launch(two_nodes, synthetic_data, results, storage)
     deadline = time.monotonic() + 240
     while first.poll() is None and time.monotonic() < deadline and len({p.parent for p in storage.glob("synthetic_smoke/*/checkpoint_*")}) < 2:
