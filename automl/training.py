@@ -203,6 +203,7 @@ def build_module(spec: DictConfig, label_map: LabelMap) -> Mask2FormerModule:
         poly_power=optim.poly_power,
         num_epochs=spec.train.num_epochs,
         freeze=list(spec.train.freeze),
+        cuda_graph=spec.train.cuda_graph,
     )
 
 

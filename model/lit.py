@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from model.criterion import SetCriterion
+from model.cuda_graph import GraphedTraining
 from model.errors import NonFiniteLossError
 from model.evaluator import SegmentationEvaluator
 from model.lr_schedule import lr_multiplier, milestone_steps
@@ -36,6 +37,8 @@ class Mask2FormerModule(pl.LightningModule):
         lr_scheduler, milestones, gamma, warmup_steps, poly_power, num_epochs: the schedule
             (model.lr_schedule), defined over the run's total steps.
         freeze: module-name prefixes whose parameters are not trained.
+        cuda_graph: replay the network's training forward and backward as CUDA graphs where
+            that is exact (model.cuda_graph.GraphedTraining; eager elsewhere).
     """
 
     def __init__(
@@ -57,6 +60,7 @@ class Mask2FormerModule(pl.LightningModule):
         poly_power: float = 0.9,
         num_epochs: int = 1,
         freeze: Sequence[str] = (),
+        cuda_graph: bool = False,
     ):
         super().__init__()
         self.model = model
@@ -72,10 +76,12 @@ class Mask2FormerModule(pl.LightningModule):
         for name, param in self.model.named_parameters():
             if any(name.startswith(prefix) for prefix in freeze):
                 param.requires_grad_(False)
+        # a plain object, not a submodule: the network's parameters stay registered once
+        self.graphed = GraphedTraining(self.model) if cuda_graph else None
 
     def forward(self, images: torch.Tensor) -> dict:
         """images: uint8 or float (B, 3, H, W) on the 0..255 scale."""
-        return self.model((images.float() - self.pixel_mean) / self.pixel_std)
+        return (self.graphed or self.model)((images.float() - self.pixel_mean) / self.pixel_std)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         outputs = self(batch["images"])
