@@ -47,7 +47,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere: `model` is the r
 from model import build_mask2former  # noqa: E402
 from model.convert import mask2former_kwargs  # noqa: E402  (the tested HF -> ours mapping)
 from model.criterion import SetCriterion  # noqa: E402
-from model.cuda_graph import GraphedTraining  # noqa: E402
+from model.cuda_graph import GraphedInference, GraphedTraining  # noqa: E402
 from model.matcher import HungarianMatcher  # noqa: E402
 
 IMPLS = ("ours", "hf")
@@ -147,20 +147,6 @@ def _free(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def graphed(step: Callable[[], None], device: torch.device) -> Callable[[], None]:
-    """`step` captured as one CUDA graph (after warm-up runs on a side stream, as capture needs) and replayed."""
-    stream = torch.cuda.Stream(device)
-    stream.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            step()
-    torch.cuda.current_stream(device).wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
-    return graph.replay
-
-
 def make_step(
     impl: str, case: str, precision: str, config: dict, images: torch.Tensor, targets: list[dict], lr: float,
     compile_model: bool = False, cuda_graph: bool = False,
@@ -168,9 +154,8 @@ def make_step(
     """The step to time (it returns the detached loss, None for inference) and the network's parameter count.
     bf16 training runs under autocast; bf16 inference casts the weights and images once.
     `compile_model` wraps the network (not the loss) in torch.compile's default mode; `cuda_graph`
-    captures our inference step once and replays it (a fixed input size: no per-kernel launch cost),
-    and in training replays our network's forward and backward as the platform does
-    (model.cuda_graph.GraphedTraining; the matcher, losses and optimiser stay eager)."""
+    replays our network as CUDA graphs as the platform does (model.cuda_graph): the inference
+    forward, and the training forward and backward (the matcher, losses and optimiser stay eager)."""
     device = images.device
     torch.manual_seed(0)
     if impl == "ours":
@@ -189,13 +174,12 @@ def make_step(
             model, images = model.to(torch.bfloat16), images.to(torch.bfloat16)
         if compile_model:
             model = torch.compile(model)
+        network = GraphedInference(model) if cuda_graph and impl == "ours" else model
 
         def step() -> None:
             with torch.inference_mode():
-                model(images) if impl == "ours" else model(pixel_values=images)
+                network(images) if impl == "ours" else model(pixel_values=images)
 
-        if cuda_graph and impl == "ours":
-            return graphed(step, device), num_params
         return step, num_params
 
     model.train()

@@ -1,4 +1,4 @@
-"""CUDA-graph replay of a network's training forward and backward for one input shape.
+"""CUDA-graph replay of a network's training step (forward and backward) and of its inference.
 
 An eager Mask2Former training step launches thousands of small kernels, and the host's time
 to launch them, not the GPU's arithmetic, sets the step time. `GraphedTraining` captures the
@@ -11,14 +11,21 @@ It runs eagerly (never a wrong replay) where a graph would not be exact: on the 
 mode or without gradients, for any other input shape, dtype or autocast state than the one
 captured (e.g. a smaller last batch), under activation checkpointing (its backward re-seeds the
 random generator from the host), and in a distributed run (untested with DDP's gradient hooks).
+
+`GraphedInference` does the same for eval-mode forwards under `torch.inference_mode`, with one
+graph per input shape that recurs (images of one size, the common case), eager otherwise.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections import OrderedDict
+from typing import Any, Callable, Hashable
 
 import torch
 from torch import nn
+
+# Only the capturing thread is checked: a data loader's pin-memory thread may use CUDA meanwhile.
+CAPTURE_ERROR_MODE = "thread_local"
 
 
 class _Forward(nn.Module):
@@ -86,6 +93,61 @@ class GraphedTraining:
         with torch.autocast("cuda", dtype=dtype, enabled=enabled, cache_enabled=False):
             self._graphed = torch.cuda.make_graphed_callables(
                 _Forward(self.network), (images.detach().clone(),), num_warmup_iters=self.warmup_iters,
-                allow_unused_input=True,
+                allow_unused_input=True, capture_error_mode=CAPTURE_ERROR_MODE,
             )
         self._key = self._input_key(images)
+
+
+class GraphedInference:
+    """Calls `network(images)` of an eval-mode network, replaying one CUDA graph per input shape.
+
+    Args:
+        network: the module, in eval mode; its parameters must stay where they are (a graph reads
+            them by address), so load weights and move it before the first call.
+        capture_after: calls with one input key (shape, dtype, autocast state) run eagerly this
+            many times before the key gets a graph; the first doubles as the warm-up capture needs,
+            and a shape seen once (a folder of images of many sizes) never pays for a capture.
+        max_graphs: graphs kept, the least recently used dropped first (each holds its
+            activations' memory).
+
+    Outputs are copies, so a later call does not overwrite what an earlier one returned. Runs
+    eagerly on the CPU, in training mode and with gradients enabled.
+    """
+
+    def __init__(self, network: nn.Module, capture_after: int = 1, max_graphs: int = 4):
+        if capture_after < 1:
+            raise ValueError(f"capture_after must be >= 1 (capture needs an eager warm-up), got {capture_after}")
+        self.network = network
+        self.capture_after, self.max_graphs = capture_after, max_graphs
+        self._seen: dict[Hashable, int] = {}
+        self._graphs: OrderedDict[Hashable, tuple[torch.cuda.CUDAGraph, torch.Tensor, Any]] = OrderedDict()
+
+    def __call__(self, images: torch.Tensor) -> Any:
+        if not images.is_cuda or self.network.training or torch.is_grad_enabled():
+            return self.network(images)
+        key = (tuple(images.shape), images.dtype, images.device, _autocast_state())
+        entry = self._graphs.get(key)
+        if entry is None:
+            self._seen[key] = self._seen.get(key, 0) + 1
+            if self._seen[key] <= self.capture_after:
+                return self.network(images)
+            entry = self._capture(key, images)
+        self._graphs.move_to_end(key)
+        graph, static_images, static_outputs = entry
+        static_images.copy_(images)
+        graph.replay()
+        return torch.utils._pytree.tree_map(torch.clone, static_outputs)
+
+    def _capture(self, key: Hashable, images: torch.Tensor) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, Any]:
+        if len(self._graphs) >= self.max_graphs:
+            self._graphs.popitem(last=False)
+        static_images = images.clone()
+        enabled, dtype = _autocast_state()
+        graph = torch.cuda.CUDAGraph()
+        with (
+            torch.autocast("cuda", dtype=dtype, enabled=enabled, cache_enabled=False),
+            torch.cuda.graph(graph, capture_error_mode=CAPTURE_ERROR_MODE),
+        ):
+            static_outputs = self.network(static_images)
+        self._graphs[key] = graph, static_images, static_outputs
+        return self._graphs[key]

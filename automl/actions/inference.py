@@ -39,6 +39,7 @@ from automl.actions.quantize import prepare_for_checkpoint
 from automl.spec.model_args import data_cache_dir, spec_keys_in_errors
 from automl.training import build_label_map, build_module
 from model.checkpoint import load_weights, read_checkpoint
+from model.cuda_graph import GraphedInference
 from model.data import LabelMap, build_dataloader, resolve_dir
 from model.data.image_folder import ImageFolderDataset
 from model.data.transforms import ResizeShortestEdge
@@ -292,9 +293,10 @@ def predict_with_module(
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     module.to(device).eval()
     loader = build_dataloader(dataset, batch_size, num_workers, shuffle=False, pin_memory=device.type == "cuda" and pin_memory)
+    network = GraphedInference(module)  # a graph per recurring image size on the GPU, eager elsewhere
     with torch.inference_mode():
         for batch in loader:
-            outputs = module(batch["images"].to(device, non_blocking=True))
+            outputs = network(batch["images"].to(device, non_blocking=True))
             for i in range(len(batch["indices"])):
                 prediction = module.postprocess(outputs["pred_logits"][i], outputs["pred_masks"][i], batch["image_sizes"][i], batch["orig_sizes"][i])
                 yield {key: batch[key][i] for key in ("image_ids", "file_names", "indices")}, prediction

@@ -15,7 +15,7 @@ if not torch.cuda.is_available():
 
 from automl.spec import load_spec  # noqa: E402
 from automl.spec.model_args import build_network  # noqa: E402
-from model.cuda_graph import GraphedTraining  # noqa: E402
+from model.cuda_graph import GraphedInference, GraphedTraining  # noqa: E402
 
 SMOKE_SPEC = Path(__file__).resolve().parents[2] / "experiments" / "synthetic_smoke.yaml"
 
@@ -27,7 +27,8 @@ def smoke_network() -> torch.nn.Module:
 
 
 def forward_backward(call, network: torch.nn.Module, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Outputs (cloned: a replay overwrites them) and parameter gradients of a loss using every output."""
+    """Outputs (cloned: a replay overwrites them) and parameter gradients, under bf16 autocast, of
+    a loss using every output."""
     with torch.autocast("cuda", dtype=torch.bfloat16):
         outputs = call(images)
         leaves = [outputs["pred_logits"], outputs["pred_masks"]] + [t for aux in outputs["aux_outputs"] for t in aux.values()]
@@ -50,7 +51,8 @@ def test_replayed_training_step_gives_the_eager_outputs_and_gradients():
         images = torch.randn(2, 3, 128, 128, generator=generator).cuda()
         eager_out, eager_grads = forward_backward(network, network, images)
         graph_out, graph_grads = forward_backward(graphed, network, images)
-        assert graphed.replays(images)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            assert graphed.replays(images)
         assert len(graph_grads) == len(eager_grads) > 0
         for g, e in zip(graph_out, eager_out):
             assert relative_error(g, e) < 1e-3
@@ -63,10 +65,28 @@ def test_another_input_shape_or_eval_mode_runs_eagerly():
     graphed = GraphedTraining(network)
     forward_backward(graphed, network, torch.randn(2, 3, 128, 128, device="cuda"))
     smaller = torch.randn(1, 3, 96, 128, device="cuda")
-    assert not graphed.replays(smaller)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        assert not graphed.replays(smaller)
     graph_out, _ = forward_backward(graphed, network, smaller)
     eager_out, _ = forward_backward(network, network, smaller)
     for g, e in zip(graph_out, eager_out):
         assert relative_error(g, e) < 1e-3
     network.eval()
     assert not graphed.replays(torch.randn(2, 3, 128, 128, device="cuda"))
+
+
+def test_replayed_inference_gives_the_eager_outputs_and_keeps_earlier_ones():
+    network = smoke_network().eval()
+    graphed = GraphedInference(network)
+    first, second = torch.randn(2, 1, 3, 128, 160, device="cuda").unbind(0)
+    with torch.inference_mode():
+        eager_first, eager_second = network(first), network(second)
+        graphed(first)  # eager: the warm-up of this shape
+        replayed_first = graphed(first)
+        replayed_second = graphed(second)  # must not overwrite replayed_first
+        assert len(graphed._graphs) == 1
+        graphed(torch.randn(1, 3, 96, 160, device="cuda"))  # another shape: eager, no graph yet
+        assert len(graphed._graphs) == 1
+    for replayed, eager in ((replayed_first, eager_first), (replayed_second, eager_second)):
+        for key in ("pred_logits", "pred_masks"):
+            assert relative_error(replayed[key], eager[key]) < 1e-5
