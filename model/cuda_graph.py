@@ -18,6 +18,7 @@ graph per input shape that recurs (images of one size, the common case), eager o
 
 from __future__ import annotations
 
+import inspect
 from collections import OrderedDict
 from typing import Any, Callable, Hashable
 
@@ -26,6 +27,12 @@ from torch import nn
 
 # Only the capturing thread is checked: a data loader's pin-memory thread may use CUDA meanwhile.
 CAPTURE_ERROR_MODE = "thread_local"
+# make_graphed_callables takes the mode in the pinned torch; older releases check every thread.
+_GRAPHED_CALLABLES_MODE = (
+    {"capture_error_mode": CAPTURE_ERROR_MODE}
+    if "capture_error_mode" in inspect.signature(torch.cuda.make_graphed_callables).parameters
+    else {}
+)
 
 
 class _Forward(nn.Module):
@@ -93,7 +100,7 @@ class GraphedTraining:
         with torch.autocast("cuda", dtype=dtype, enabled=enabled, cache_enabled=False):
             self._graphed = torch.cuda.make_graphed_callables(
                 _Forward(self.network), (images.detach().clone(),), num_warmup_iters=self.warmup_iters,
-                allow_unused_input=True, capture_error_mode=CAPTURE_ERROR_MODE,
+                allow_unused_input=True, **_GRAPHED_CALLABLES_MODE,
             )
         self._key = self._input_key(images)
 
