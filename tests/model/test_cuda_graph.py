@@ -3,6 +3,7 @@
 import torch
 
 from model.cuda_graph import GraphedInference, GraphedTraining
+from model.lit import Mask2FormerModule
 
 
 def test_on_the_cpu_it_is_the_eager_network():
@@ -26,3 +27,15 @@ def test_inference_on_the_cpu_is_the_eager_network_and_captures_nothing():
         for _ in range(3):
             assert torch.equal(graphed(images), network(images))
     assert not graphed._graphs
+
+
+def test_the_lightning_module_with_graphs_registers_the_network_once_and_computes_the_same():
+    torch.manual_seed(0)
+    network = torch.nn.Conv2d(3, 4, 3)
+    settings = dict(pixel_mean=[0.5] * 3, pixel_std=[0.25] * 3, lr=1e-4, weight_decay=0.05, backbone_multiplier=0.1)
+    plain = Mask2FormerModule(network, None, None, None, **settings)
+    graphed = Mask2FormerModule(network, None, None, None, cuda_graph=True, **settings)
+    assert list(graphed.state_dict()) == list(plain.state_dict())  # checkpoints stay interchangeable
+    assert [n for n, _ in graphed.named_parameters()] == [n for n, _ in plain.named_parameters()]
+    images = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    assert torch.equal(graphed(images), plain(images))
