@@ -51,6 +51,11 @@ def _autocast_state() -> tuple[bool, torch.dtype]:
     return torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda")
 
 
+def _input_key(images: torch.Tensor) -> tuple:
+    """What a captured graph is valid for: the input's shape, dtype and device, and autocast."""
+    return tuple(images.shape), images.dtype, images.device, _autocast_state()
+
+
 class GraphedTraining:
     """Calls `network(images)`, through captured CUDA graphs where that is exact.
 
@@ -81,11 +86,7 @@ class GraphedTraining:
             return False
         if self._checkpoints:
             return False
-        return self._key is None or self._key == self._input_key(images)
-
-    @staticmethod
-    def _input_key(images: torch.Tensor) -> tuple:
-        return tuple(images.shape), images.dtype, images.device, _autocast_state()
+        return self._key is None or self._key == _input_key(images)
 
     def __call__(self, images: torch.Tensor) -> Any:
         if not self.replays(images):
@@ -102,7 +103,7 @@ class GraphedTraining:
                 _Forward(self.network), (images.detach().clone(),), num_warmup_iters=self.warmup_iters,
                 allow_unused_input=True, **_GRAPHED_CALLABLES_MODE,
             )
-        self._key = self._input_key(images)
+        self._key = _input_key(images)
 
 
 class GraphedInference:
@@ -132,7 +133,7 @@ class GraphedInference:
     def __call__(self, images: torch.Tensor) -> Any:
         if not images.is_cuda or self.network.training or torch.is_grad_enabled():
             return self.network(images)
-        key = (tuple(images.shape), images.dtype, images.device, _autocast_state())
+        key = _input_key(images)
         entry = self._graphs.get(key)
         if entry is None:
             self._seen[key] = self._seen.get(key, 0) + 1
