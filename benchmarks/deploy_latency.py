@@ -124,6 +124,7 @@ def measure(name: str, spec: Any, args: argparse.Namespace, work: Path) -> dict[
         return {**row, "skipped": "torchao is not installed here (pyproject pins torchao==0.18.0)"}
     on_cpu = name in CPU_VARIANTS
     device = torch.device("cpu" if on_cpu else args.device)
+    row["runs_on"] = f"cpu ({os.cpu_count()} cores)" if device.type == "cpu" else torch.cuda.get_device_name(device)
     started = time.monotonic()
     try:
         predictor = build_variant(name, spec.copy(), args.checkpoint, args.size, device, work)
