@@ -121,7 +121,7 @@ def measure(name: str, spec: Any, args: argparse.Namespace, work: Path) -> dict[
     """One row: latency per batch size and the headline metrics, or why the variant did not run."""
     row: dict[str, Any] = {"variant": name, "size": list(args.size)}
     if name.startswith("torchao") and importlib.util.find_spec("torchao") is None:
-        return {**row, "skipped": "torchao is not installed here (pyproject pins torchao==0.18.0)"}
+        return {**row, "skipped": "torchao does not import here (pip install torchao==0.18.0, as pyproject pins it)"}
     on_cpu = name in CPU_VARIANTS
     device = torch.device("cpu" if on_cpu else args.device)
     row["runs_on"] = f"cpu ({os.cpu_count()} cores)" if device.type == "cpu" else torch.cuda.get_device_name(device)
@@ -183,7 +183,8 @@ def make_checkpoint(args: argparse.Namespace) -> str:
     except UserError:
         pass
     command = [sys.executable, "-m", "automl.cli", "launch", "-e", args.spec, "--policy", "off", f"results_dir={results}",
-               f"train.num_epochs={args.train_epochs}", f"train.validation_interval={args.train_epochs}", *args.overrides]  # fmt: skip
+               f"train.num_epochs={args.train_epochs}", f"train.validation_interval={args.train_epochs}", f"train.checkpoint_interval={args.train_epochs}",
+               *args.overrides]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     subprocess.run(command, check=True, env=env)
     return str(resolve_checkpoint(spec, "best"))
