@@ -12,7 +12,6 @@ the fused output against the float64 reference), prints a table and writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -23,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks._common import write_json  # noqa: E402
 from model.ms_deform_attn import ms_deform_attn_reference  # noqa: E402
 from model.ms_deform_attn_triton import ms_deform_attn_triton  # noqa: E402
 
@@ -82,10 +82,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print(f"{r['dtype']:<9}{r['pass']:<18}{r['reference_ms']:>13.3f}{r['fused_ms']:>10.3f}{r['speedup']:>9.1f}{r['fused_rel_error']:>10.1e}")
     result = {"benchmark": "ms_deform_attn", "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
               "args": vars(args), "shapes": shapes, "results": rows}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
+    write_json(result, args.out)
     return result
 
 

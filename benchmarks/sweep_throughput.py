@@ -25,7 +25,6 @@ Prints a table per experiment and writes everything to --out.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import shutil
@@ -39,19 +38,10 @@ from typing import Any, Sequence
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from automl.synthetic_data import data_overrides  # noqa: E402
+from benchmarks._common import cell, write_json  # noqa: E402
+
 PHASES = ("first_step_s", "train_s", "val_s", "checkpoint_s", "teardown_s")
-
-
-def data_overrides(data: Path) -> list[str]:
-    """Point a spec at a dataset written by `automl data synth` (COCO panoptic)."""
-    overrides = [f"dataset.label_map={data / 'label_map.json'}"]
-    for split in ("train", "val"):
-        overrides += [
-            f"dataset.{split}.img_dir={data / split / 'images'}",
-            f"dataset.{split}.panoptic_json={data / split / 'annotations_panoptic.json'}",
-            f"dataset.{split}.panoptic_dir={data / split / 'panoptic'}",
-        ]
-    return [*overrides, f"dataset.val.instance_json={data / 'val' / 'annotations.json'}", f"dataset.test.img_dir={data / 'val' / 'images'}"]
 
 
 def size_overrides(size: int) -> list[str]:
@@ -148,17 +138,13 @@ def _mean(values: Sequence[float | None]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def _fmt(value: Any, digits: int = 1) -> str:
-    return "-" if value is None else (f"{value:.{digits}f}" if isinstance(value, float) else str(value))
-
-
 def print_table(title: str, rows: list[tuple[str, dict[str, Any]]]) -> None:
     columns = ["trials_done", "trials_per_hour", "best_PQ", "gpu_busy_fraction", "mean_trial_wall_s", "overhead_fraction",
                "mean_first_step_s", "mean_train_s", "mean_val_s", "mean_checkpoint_s", "mean_teardown_s", "gpu_hours"]  # fmt: skip
     print(f"\n{title}\n| case | " + " | ".join(columns) + " |")
     print("|---|" + "---:|" * len(columns))
     for case, summary in rows:
-        print(f"| {case} | " + " | ".join(_fmt(summary[c], 3 if "fraction" in c or c == "gpu_hours" else 1) for c in columns) + " |")
+        print(f"| {case} | " + " | ".join(cell(summary[c], 3 if "fraction" in c or c == "gpu_hours" else 1) for c in columns) + " |")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -206,9 +192,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print_table(f"Trials per hour ({args.space} space, {args.num_samples} trials of {args.max_epochs} epochs, FIFO)",
                 [(r["resources_per_trial"], r["summary"]) for r in record["resources"]])  # fmt: skip
     print_table(f"Best PQ after {args.budget_minutes:g} minutes ({args.space_resources}, ASHA)", [(r["search_space"], r["summary"]) for r in record["spaces"]])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2, default=str))
-    print(f"\nwrote {args.out}")
+    write_json(record, args.out)
     return record
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import json
 import math
 import platform
 import statistics
@@ -44,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere: `model` is the repo's package
     sys.path.insert(0, str(ROOT))
 
+from benchmarks._common import write_json  # noqa: E402
 from model import build_mask2former  # noqa: E402
 from model.convert import mask2former_kwargs  # noqa: E402  (the tested HF -> ours mapping)
 from model.criterion import SetCriterion  # noqa: E402
@@ -455,10 +455,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     }
     print_table(rows, ratio_rows)
     print_profiles(rows)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
+    write_json(result, args.out)
     return result
 
 

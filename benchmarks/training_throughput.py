@@ -13,7 +13,6 @@ Data wait is the host time between one training batch's end and the next one's s
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import threading
@@ -30,6 +29,7 @@ if str(ROOT) not in sys.path:
 
 from automl.spec import load_spec  # noqa: E402
 from automl.training import run_training  # noqa: E402
+from benchmarks._common import write_json  # noqa: E402
 
 
 class EpochTimer(pl.Callback):
@@ -117,10 +117,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         f"{result['gpu']}: {result['images_per_s']:.1f} images/s, {result['step_ms']:.0f} ms/step, data wait "
         f"{result['data_wait_ms_per_step']:.1f} ms/step, GPU busy {result['gpu_busy_percent']}% over {len(measured)} epochs"
     )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
+    write_json(result, args.out)
     return result
 
 

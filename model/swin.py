@@ -162,8 +162,8 @@ class SwinStage(nn.Module):
         """(nW, N, N): -100 between tokens that the cyclic shift brought together from different
         regions of the padded map, 0 elsewhere."""
         window, shift = self.window_size, self.shift_size
-        padded_h = -(-height // window) * window
-        padded_w = -(-width // window) * window
+        padded_h = (height + window - 1) // window * window  # not -(-h // w): ONNX integer division truncates
+        padded_w = (width + window - 1) // window * window
         rows = torch.arange(padded_h, device=device)
         cols = torch.arange(padded_w, device=device)
         # Region 0: [0, P - window), 1: [P - window, P - shift), 2: [P - shift, P) along each axis.

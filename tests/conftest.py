@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from automl.spec import load_spec
+from automl.synthetic_data import data_overrides
 from model.data import write_synthetic_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,20 +21,6 @@ def synthetic_data(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synthetic")
     write_synthetic_dataset(out, num_images=24, size=(128, 128), seed=0)
     return out
-
-
-def data_overrides(data: Path, val_split: str = "val") -> list[str]:
-    """Point the smoke spec's dataset at `data` (val_split='train' scores the training images)."""
-    overrides = [f"dataset.label_map={data / 'label_map.json'}"]
-    for split, source in (("train", "train"), ("val", val_split), ("test", val_split)):
-        overrides += [f"dataset.{split}.img_dir={data / source / 'images'}"]
-        if split != "test":
-            overrides += [
-                f"dataset.{split}.panoptic_json={data / source / 'annotations_panoptic.json'}",
-                f"dataset.{split}.panoptic_dir={data / source / 'panoptic'}",
-            ]
-    overrides.append(f"dataset.val.instance_json={data / val_split / 'annotations.json'}")
-    return overrides
 
 
 @pytest.fixture

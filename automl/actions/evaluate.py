@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from automl.actions.predictors import check_mode, is_deployed, load_predictor, predict_dataset
+from automl.actions.predictors import Predictor, check_mode, is_deployed, load_predictor, predict_dataset
 from automl.actions.quantize import prepare_for_checkpoint
 from automl.spec.model_args import spec_keys_in_errors
 from automl.tracking import headline, per_class_rows
@@ -89,6 +89,11 @@ def evaluate_deployed(spec: DictConfig, path: str, batch_size: int | None = None
     """Validation metrics of a deployed model file; the spec's model.mode and num_classes must be the model's."""
     predictor = load_predictor(path)
     check_mode(predictor, spec.model.mode, path)
+    return evaluate_predictor(spec, predictor, batch_size)
+
+
+def evaluate_predictor(spec: DictConfig, predictor: Predictor, batch_size: int | None = None) -> dict[str, float]:
+    """Validation metrics of any predictor (see automl.actions.predictors): each image letterboxed into its input size."""
     label_map = build_label_map(spec)
     dataset = build_datamodule(spec, label_map, with_train=False).val_set
     is_thing = label_map.is_thing_per_class(spec.model.sem_seg_head.num_classes)

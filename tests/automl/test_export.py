@@ -95,6 +95,15 @@ def test_dynamic_batch_runs_one_and_three_images_like_pytorch(export_spec, tmp_p
         assert (classes == expected[2].numpy()).all()
 
 
+def test_shifted_windows_export_at_a_size_that_pads_the_windows(export_spec):
+    """A stage with a shifted block on a map that is not whole windows (64x96 -> 16x24 at stride 4, Swin-T's window 7),
+    as Swin-T at 544x960: the shift mask's window count must export as a ceiling (ONNX integer division truncates)."""
+    spec = export_spec("model.backbone.swin.depths=[2,1,1,1]", "model.backbone.swin.window_size=7", "export.input_width=96")
+    result = run_export(spec)
+
+    assert all(check["difference"] <= check["tolerance"] for check in result.parity.values()), result.parity
+
+
 def test_a_fixed_batch_is_written_into_the_graph(export_spec):
     result = run_export(export_spec("export.batch_size=2"))
     assert onnx.load(str(result.path)).graph.input[0].type.tensor_type.shape.dim[0].dim_value == 2
