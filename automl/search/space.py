@@ -32,9 +32,9 @@ from ray.tune.search.sample import Domain
 from automl.search.entries import parameters_from_mapping
 from automl.search.parameter import Parameter
 from automl.spec.load import read_yaml
+from automl.spec.schema import SPACES_DIR
 from model.errors import UserError
 
-SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 INLINE_SOURCE = "automl.search_space (inline)"
 
 

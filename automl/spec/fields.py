@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import typing
+from functools import lru_cache
 from typing import Any, Iterator, Sequence
 
 from automl.spec.conditions import parse_math_cond, parse_relation
@@ -115,14 +116,19 @@ class Leaf:
     annotation: Any
 
 
-def spec_leaves(cls: type, prefix: str = "") -> Iterator[Leaf]:
-    """Every leaf field below the spec dataclass `cls`, depth first in declaration order."""
+@lru_cache(maxsize=None)
+def spec_leaves(cls: type) -> tuple[Leaf, ...]:
+    """Every leaf field below the spec dataclass `cls`, depth first in declaration order (read-only)."""
+    return tuple(_walk(cls, ""))
+
+
+def _walk(cls: type, prefix: str) -> Iterator[Leaf]:
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         key = f"{prefix}{f.name}"
         annotation = hints[f.name]
         if dataclasses.is_dataclass(annotation):
-            yield from spec_leaves(annotation, key + ".")
+            yield from _walk(annotation, key + ".")
         else:
             yield Leaf(key, value_kind(annotation, f.metadata), dict(f.metadata), annotation)
 

@@ -345,8 +345,8 @@ def _apply_swin_preset(spec: DictConfig, layers: Sequence[tuple[dict, str]]) -> 
 
 
 def _make_paths_absolute(spec: DictConfig) -> None:
-    for leaf in spec_leaves(ExperimentConfig):
-        value = OmegaConf.select(spec, leaf.key) if leaf.meta.get("is_path") else None
+    for leaf in (leaf for leaf in spec_leaves(ExperimentConfig) if leaf.meta.get("is_path")):
+        value = OmegaConf.select(spec, leaf.key)
         if value and value not in CHECKPOINT_KEYWORDS and "://" not in value:
             OmegaConf.update(spec, leaf.key, os.path.abspath(os.path.expanduser(value)))
 
