@@ -8,22 +8,27 @@ traceback and exit with status 2.
 from __future__ import annotations
 
 import errno
+import io
 import logging
 import sys
 from contextlib import nullcontext
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import TYPE_CHECKING, List, Optional, Tuple
 
 import typer
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
+from rich.table import Table
 from rich.text import Text
 
 from automl.lock import results_lock
 from automl.spec import load_spec
 from automl.spec.load import check_writable
-from automl.spec.schema import DEFAULT_SCHEMA_DIR, write_schemas
+from automl.spec.schema import DEFAULT_SCHEMA_DIR, write_schemas, write_tao_space
 from model.errors import NonFiniteLossError, UserError
+
+if TYPE_CHECKING:
+    from automl.search.space import SearchSpace
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False, help=__doc__.split("\n")[0])
 spec_app = typer.Typer(no_args_is_help=True, help="Inspect specs.")
@@ -60,9 +65,22 @@ def spec_show(spec: Path = SpecOption, overrides: Optional[List[str]] = Override
 @space_app.command("show")
 def space_show(spec: Path = SpecOption, overrides: Optional[List[str]] = OverridesArgument) -> None:
     """Print the search space automl.search_space resolves to, checked against the train schema."""
-    from automl.search import format_space, resolve_search_space
+    from automl.search import resolve_search_space
 
     console.print(format_space(resolve_search_space(load(spec, overrides))))
+
+
+def format_space(space: SearchSpace) -> str:
+    """The space as a table: what is searched, over what, under which constraints."""
+    rows = space.describe()
+    table = Table(title=f"{space.source}: {len(space)} searched parameter{'s' if len(space) != 1 else ''}")
+    for column in rows[0]:
+        table.add_column(column, no_wrap=column == "parameter", overflow="fold")
+    for row in rows:
+        table.add_row(*row.values())
+    text = Console(file=io.StringIO(), width=160, color_system=None)
+    text.print(table)
+    return text.file.getvalue()
 
 
 @data_app.command("synth")
@@ -87,8 +105,6 @@ def data_check(
     split: str = typer.Option("val", "--split", help="train, val or test."),
 ) -> None:
     """Validate a dataset split against the spec and print the counts per class."""
-    from rich.table import Table
-
     from automl.spec.model_args import build_split_dataset
     from automl.training import build_label_map
     from model.data import check_dataset
@@ -132,8 +148,6 @@ def schema(out: Path = typer.Option(DEFAULT_SCHEMA_DIR, "--out", help="Output fo
     """Write <action>.schema.json, spec templates and manifest.json (and search_spaces/tao.yaml) from the spec dataclasses."""
     written = write_schemas(output_folder("--out", out))
     if out.resolve() == DEFAULT_SCHEMA_DIR.resolve():  # the tao space is derived from the train schema
-        from automl.search.space import write_tao_space
-
         written.append(write_tao_space())
     for path in written:
         console.print(f"wrote {path}", highlight=False)
@@ -270,8 +284,6 @@ def report(spec: Path = SpecOption, overrides: Optional[List[str]] = OverridesAr
 
 
 def print_leaderboard(cfg: DictConfig, spec: Path, parent_id: str | None, top: int = 10) -> None:
-    from rich.table import Table
-
     from automl.tracking import Tracker, latest_sweep_parent, leaderboard
     from automl.training import target_metric
 

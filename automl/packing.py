@@ -23,7 +23,8 @@ from typing import Any, Mapping
 from omegaconf import DictConfig, OmegaConf
 from ray import tune
 
-from automl.search.space import SearchSpace, is_architecture
+from automl.search.parameter import is_architecture
+from automl.search.space import SearchSpace
 from model.errors import UserError
 
 log = logging.getLogger(__name__)

@@ -33,7 +33,7 @@ from automl.packing import OOM_REQUEUES, gpu_packer, without_auto_gpu
 from automl.report import write_report
 from automl.resume_guard import ResumeGuard
 from automl.resume_guard import verify as verify_state
-from automl.search import build_scheduler, build_searcher, check_combination, resolve_search_space
+from automl.search import SearchSpace, build_scheduler, build_searcher, check_combination, resolve_search_space
 from automl.search.study import study_file, study_storage, warm_start_points
 from automl.storage import exists, sweep_filesystem, worker_env
 from automl.sweep_tracking import MlflowSweepCallback, log_baseline, log_winner
@@ -109,7 +109,66 @@ def trial_resources(spec: DictConfig) -> dict[str, float]:
 
 def run_sweep(spec: DictConfig, spec_path: str | os.PathLike | None, resume: bool = False) -> SweepResult:
     """Run (or with `resume`, continue) the sweep the spec describes; returns its winner."""
-    space = resolve_search_space(spec)  # every search-space error before Ray starts
+    sweep = _prepare(spec, spec_path)  # every spec and search-space error before Ray starts
+    store = _locate(sweep, resume)
+    searcher = _build_searcher(sweep, resume)
+    tracker = Tracker.for_spec(sweep.spec, spec_path)
+    tracker.end_interrupted_runs(sweep.spec.results_dir)
+    parent_id = _parent_run(tracker, sweep.spec, spec_path, store.state_file, resume, sweep.space)
+    label_map = build_label_map(sweep.spec)
+    if sweep.spec.automl.baseline and not resume:
+        _log_baseline(sweep, tracker, parent_id, label_map)
+    results = _fit(sweep, store, searcher, tracker, parent_id, resume)
+    _check_complete(results, sweep, store, tracker, parent_id)
+    outcome = _select_best(results, sweep.metric, sweep.mode, sweep.spec)
+    _prune_checkpoints(results, sweep.metric, sweep.mode, sweep.spec.automl.keep_top_k, sweep.validations)
+    if store.local:
+        console.print(f"disk used by the sweep: {_disk_usage(Path(store.experiment)) / 2**20:.1f} MiB in {store.experiment}", highlight=False)
+    final = _evaluate_and_publish(sweep, outcome, tracker, parent_id, label_map) if outcome.checkpoint is not None else None
+    log_winner(tracker, parent_id, outcome.params, outcome.metrics, final, label_map.names)
+    console.print(f"report: {write_report(sweep.spec, tracker, parent_id, sweep.space, sweep.metric)}", highlight=False)
+    tracker.end_run(parent_id)
+    return SweepResult(outcome, len(results), parent_id)
+
+
+@dataclass
+class _Sweep:
+    """What the steps of one sweep read, derived once from its spec."""
+
+    spec: DictConfig  # resources_per_trial.gpu 'auto' replaced by the packer's amounts
+    name: str  # the spec file's stem: names the Ray experiment, the Optuna study and the state files
+    root: Path  # <results_dir>/automl
+    space: SearchSpace
+    packer: Any  # the GPU packer of resources_per_trial.gpu: auto, else None
+    metric: str
+    mode: str  # the metric's direction: max or min
+    max_epochs: int
+    validations: int  # Tune reports per trial: one per validation
+    resources: dict[str, float]  # what each trial's process holds
+    scheduler: Any
+
+
+@dataclass
+class _Store:
+    """Where the sweep's Ray experiment lives, and the state files beside it."""
+
+    filesystem: pyarrow.fs.FileSystem
+    path: str  # the storage path Tune is given
+    experiment: str  # <path>/<name>
+    shown: str  # the experiment for messages, credentials redacted
+    state_file: Path  # the MLflow parent run to continue
+    digests: Path  # the keyed digests --resume checks
+    local: bool  # on this machine's disk (state signed and verified) rather than object storage
+
+    @property
+    def tune_filesystem(self) -> pyarrow.fs.FileSystem | None:
+        # Tune is given a filesystem only for object storage: with one, it stages a local sweep's files elsewhere.
+        return None if self.local else self.filesystem
+
+
+def _prepare(spec: DictConfig, spec_path: str | os.PathLike | None) -> _Sweep:
+    """The search space, the trial resources, the scheduler: every error a user can cause in the spec."""
+    space = resolve_search_space(spec)
     root = sweep_dir(spec)
     name = Path(spec_path).stem if spec_path else "sweep"
     packer = gpu_packer(spec, space, root, name)  # resources_per_trial.gpu: auto
@@ -122,110 +181,129 @@ def run_sweep(spec: DictConfig, spec_path: str | os.PathLike | None, resume: boo
     validations = math.ceil(max_epochs / spec.train.validation_interval)
     grace = max(1, math.ceil(spec.automl.grace_period / spec.train.validation_interval))
     scheduler = build_scheduler(spec.automl.scheduler, metric, mode, validations, grace, spec.automl.reduction_factor, space)
-    # PBT draws its first configurations from Tune domains; every other algorithm asks Optuna.
-    param_space = space.tune_domains() if spec.automl.algorithm == "pbt" else None
+    return _Sweep(spec, name, root, space, packer, metric, mode, max_epochs, validations, resources, scheduler)
 
-    storage = spec.automl.storage_uri or str(root)
-    storage_fs, storage_path = sweep_filesystem(storage)
-    experiment, shown = f"{storage_path}/{name}", f"{redact(storage).rstrip('/')}/{name}"
-    state_file = root / f"{name}.{SWEEP_STATE}"
-    digests = root / f"{name}.{STATE_DIGESTS}"
+
+def _locate(sweep: _Sweep, resume: bool) -> _Store:
+    """The experiment's storage; with `resume` there must be a sweep to continue, without it none to overwrite."""
+    storage = sweep.spec.automl.storage_uri or str(sweep.root)
+    filesystem, path = sweep_filesystem(storage)
+    store = _Store(
+        filesystem, path, f"{path}/{sweep.name}", f"{redact(storage).rstrip('/')}/{sweep.name}",
+        sweep.root / f"{sweep.name}.{SWEEP_STATE}", sweep.root / f"{sweep.name}.{STATE_DIGESTS}", not is_remote(storage),
+    )  # fmt: skip
+    if resume and not tune.Tuner.can_restore(store.experiment, storage_filesystem=store.tune_filesystem):
+        raise UserError(f"--resume: no sweep to continue at {store.shown}; run without --resume to start one")
     # --resume trusts only state this installation signed; state in object storage is as trusted
     # as the bucket's access control (README: the trust boundary).
-    local_storage = not is_remote(storage)
-    # Tune is given a filesystem only for object storage: with one, it stages a local sweep's files elsewhere.
-    tune_fs = None if local_storage else storage_fs
-    if resume and not tune.Tuner.can_restore(experiment, storage_filesystem=tune_fs):
-        raise UserError(f"--resume: no sweep to continue at {shown}; run without --resume to start one")
-    if resume and local_storage:
-        verify_state(Path(experiment), digests)  # before Ray unpickles any of it
-    if not resume and exists(storage_fs, experiment):
-        raise UserError(f"{shown} holds an earlier sweep; continue it with --resume or choose another results_dir or automl.storage_uri")
-    warm = warm_start_points(spec.automl.warm_start, mode) if spec.automl.warm_start and not resume else None
-    searcher = build_searcher(
-        space, spec.automl.algorithm, metric, mode, spec.automl.seed, spec.automl.max_concurrent,
-        storage=study_storage(study_file(root, name)), study_name=name, points_to_evaluate=warm,
+    if resume and store.local:
+        verify_state(Path(store.experiment), store.digests)  # before Ray unpickles any of it
+    if not resume and exists(filesystem, store.experiment):
+        raise UserError(f"{store.shown} holds an earlier sweep; continue it with --resume or choose another results_dir or automl.storage_uri")
+    return store
+
+
+def _build_searcher(sweep: _Sweep, resume: bool) -> Any:
+    automl = sweep.spec.automl
+    warm = warm_start_points(automl.warm_start, sweep.mode) if automl.warm_start and not resume else None
+    return build_searcher(
+        sweep.space, automl.algorithm, sweep.metric, sweep.mode, automl.seed, automl.max_concurrent,
+        storage=study_storage(study_file(sweep.root, sweep.name)), study_name=sweep.name, points_to_evaluate=warm,
     )  # fmt: skip
 
-    tracker = Tracker.for_spec(spec, spec_path)
-    tracker.end_interrupted_runs(spec.results_dir)
-    parent_id = _parent_run(tracker, spec, spec_path, state_file, resume, space)
-    label_map = build_label_map(spec)
-    if spec.automl.baseline and not resume:  # where the sweep starts from: the starting weights (or an untrained model)
-        baseline = evaluate_checkpoint(spec, spec.train.pretrained_model_path or None)
-        log_baseline(tracker, parent_id, baseline, label_map.names)
-        console.print(f"baseline on dataset.val: {metric} {baseline.get(metric, float('nan')):.2f}", highlight=False)
-    base = OmegaConf.to_container(spec, resolve=True)
-    trainable = tune.with_resources(
+
+def _log_baseline(sweep: _Sweep, tracker: Tracker, parent_id: str, label_map: Any) -> None:
+    """Where the sweep starts from: the starting weights (or an untrained model) on dataset.val."""
+    baseline = evaluate_checkpoint(sweep.spec, sweep.spec.train.pretrained_model_path or None)
+    log_baseline(tracker, parent_id, baseline, label_map.names)
+    console.print(f"baseline on dataset.val: {sweep.metric} {baseline.get(sweep.metric, float('nan')):.2f}", highlight=False)
+
+
+def _trainable(sweep: _Sweep) -> Any:
+    """run_trial with the spec and the resources each trial holds."""
+    spec = sweep.spec
+    return tune.with_resources(
         tune.with_parameters(
-            run_trial, base_spec=base, max_epochs=max_epochs, metric=metric, timeout_minutes=spec.automl.trial_timeout_minutes, workers=trial_workers(spec),
-            cpus_per_worker=_cpus_per_worker(spec),
+            run_trial, base_spec=OmegaConf.to_container(spec, resolve=True), max_epochs=sweep.max_epochs, metric=sweep.metric,
+            timeout_minutes=spec.automl.trial_timeout_minutes, workers=trial_workers(spec), cpus_per_worker=_cpus_per_worker(spec),
         ),
-        packer.resources if packer else resources,
-    )
-    train_gpus = float(trial_workers(spec)) if trial_workers(spec) > 1 and torch.cuda.is_available() else 0.0
-    callback = MlflowSweepCallback(tracker, parent_id, metric, mode, run_tags(spec), validations, train_gpus) if not resume else None
-    _start_ray(spec)
+        sweep.packer.resources if sweep.packer else sweep.resources,
+    )  # fmt: skip
+
+
+def _fit(sweep: _Sweep, store: _Store, searcher: Any, tracker: Tracker, parent_id: str, resume: bool) -> tune.ResultGrid:
+    """Run the trials on Ray (started here unless automl.ray_address names a cluster), signing the state Tune saved."""
+    trainable = _trainable(sweep)
+    workers = trial_workers(sweep.spec)
+    train_gpus = float(workers) if workers > 1 and torch.cuda.is_available() else 0.0
+    callback = None if resume else MlflowSweepCallback(tracker, parent_id, sweep.metric, sweep.mode, run_tags(sweep.spec), sweep.validations, train_gpus)
+    _start_ray(sweep.spec)
     try:
         if resume:  # the restored experiment brings its searcher, scheduler and callback back
-            tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=tune_fs)
-        else:
-            tuner = tune.Tuner(
-                trainable,
-                param_space=param_space,
-                # metric and mode live in the searcher and the scheduler (Tune refuses them twice).
-                tune_config=tune.TuneConfig(
-                    search_alg=searcher, scheduler=scheduler, num_samples=spec.automl.num_samples,
-                    max_concurrent_trials=(spec.automl.max_concurrent or None) if spec.automl.algorithm == "pbt" else None,
-                ),
-                run_config=tune.RunConfig(
-                    name=name,
-                    storage_path=storage_path,
-                    storage_filesystem=tune_fs,
-                    failure_config=tune.FailureConfig(max_failures=spec.automl.max_failures + (OOM_REQUEUES if packer else 0)),
-                    # Every checkpoint stays while the sweep runs: the experiment state Tune saved last
-                    # (what --resume restores after a kill) may name any of them, and PBT clones
-                    # other trials' older ones. _prune_checkpoints trims them once the sweep ends.
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=None, checkpoint_score_attribute=metric, checkpoint_score_order=mode),
-                    callbacks=[callback, *([ResumeGuard(Path(experiment), digests)] if local_storage else []), *([packer] if packer else [])],
-                    verbose=0,
-                ),
+            tuner = tune.Tuner.restore(
+                store.experiment, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=store.tune_filesystem
             )
-        results = tuner.fit()
+        else:
+            tuner = _new_tuner(sweep, store, trainable, searcher, callback)
+        return tuner.fit()
     except BaseException:
         tracker.end_run(parent_id, "KILLED")
         raise
     finally:
-        if local_storage:
-            ResumeGuard(Path(experiment), digests).sign()  # the state Tune saved last, once its sync has ended
-        if not spec.automl.ray_address:
+        if store.local:
+            ResumeGuard(Path(store.experiment), store.digests).sign()  # the state Tune saved last, once its sync has ended
+        if not sweep.spec.automl.ray_address:
             ray.shutdown()
 
+
+def _new_tuner(sweep: _Sweep, store: _Store, trainable: Any, searcher: Any, callback: MlflowSweepCallback) -> tune.Tuner:
+    automl = sweep.spec.automl
+    pbt = automl.algorithm == "pbt"
+    return tune.Tuner(
+        trainable,
+        # PBT draws its first configurations from Tune domains; every other algorithm asks Optuna.
+        param_space=sweep.space.tune_domains() if pbt else None,
+        # metric and mode live in the searcher and the scheduler (Tune refuses them twice).
+        tune_config=tune.TuneConfig(
+            search_alg=searcher, scheduler=sweep.scheduler, num_samples=automl.num_samples,
+            max_concurrent_trials=(automl.max_concurrent or None) if pbt else None,
+        ),
+        run_config=tune.RunConfig(
+            name=sweep.name,
+            storage_path=store.path,
+            storage_filesystem=store.tune_filesystem,
+            failure_config=tune.FailureConfig(max_failures=automl.max_failures + (OOM_REQUEUES if sweep.packer else 0)),
+            # Every checkpoint stays while the sweep runs: the experiment state Tune saved last
+            # (what --resume restores after a kill) may name any of them, and PBT clones
+            # other trials' older ones. _prune_checkpoints trims them once the sweep ends.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None, checkpoint_score_attribute=sweep.metric, checkpoint_score_order=sweep.mode),
+            callbacks=[callback, *([ResumeGuard(Path(store.experiment), store.digests)] if store.local else []), *([sweep.packer] if sweep.packer else [])],
+            verbose=0,
+        ),
+    )  # fmt: skip
+
+
+def _check_complete(results: tune.ResultGrid, sweep: _Sweep, store: _Store, tracker: Tracker, parent_id: str) -> None:
+    """Raise SweepInterrupted when trials are left (Ctrl-C: Tune saved its state), SweepFailed when none scored."""
     done = _trials_done(results)
-    if done < spec.automl.num_samples:  # Ctrl-C: Tune saved its state
+    if done < sweep.spec.automl.num_samples:
         tracker.end_run(parent_id, "KILLED")
-        raise SweepInterrupted(f"sweep interrupted with {done} of {spec.automl.num_samples} trials done")
-    failure = _all_failed(results, metric, shown)
+        raise SweepInterrupted(f"sweep interrupted with {done} of {sweep.spec.automl.num_samples} trials done")
+    failure = _all_failed(results, sweep.metric, store.shown)
     if failure:
         tracker.end_run(parent_id, "FAILED")
         raise SweepFailed(failure)
 
-    outcome = _select_best(results, metric, mode, spec)
-    _prune_checkpoints(results, metric, mode, spec.automl.keep_top_k, validations)
-    if local_storage:
-        console.print(f"disk used by the sweep: {_disk_usage(Path(experiment)) / 2**20:.1f} MiB in {experiment}", highlight=False)
-    final = None
-    if outcome.checkpoint is not None:
-        final = evaluate_checkpoint(spec, str(outcome.checkpoint))
-        write_metrics(final, outcome.checkpoint.parent, label_map)
-        console.print(f"winner re-evaluated on dataset.val: {metric} {final.get(metric, float('nan')):.2f}", highlight=False)
-        tracker.log_artifact(parent_id, outcome.checkpoint, "best")
-        tracker.log_artifact(parent_id, outcome.checkpoint.parent / "best.json", "best")
-        publish_winner(tracker, parent_id, spec, outcome.checkpoint)
-    log_winner(tracker, parent_id, outcome.params, outcome.metrics, final, label_map.names)
-    console.print(f"report: {write_report(spec, tracker, parent_id, space, metric)}", highlight=False)
-    tracker.end_run(parent_id)
-    return SweepResult(outcome, len(results), parent_id)
+
+def _evaluate_and_publish(sweep: _Sweep, outcome: BestTrial, tracker: Tracker, parent_id: str, label_map: Any) -> dict[str, float]:
+    """The winner re-evaluated on dataset.val, logged to the parent run, exported and registered."""
+    final = evaluate_checkpoint(sweep.spec, str(outcome.checkpoint))
+    write_metrics(final, outcome.checkpoint.parent, label_map)
+    console.print(f"winner re-evaluated on dataset.val: {sweep.metric} {final.get(sweep.metric, float('nan')):.2f}", highlight=False)
+    tracker.log_artifact(parent_id, outcome.checkpoint, "best")
+    tracker.log_artifact(parent_id, outcome.checkpoint.parent / "best.json", "best")
+    publish_winner(tracker, parent_id, sweep.spec, outcome.checkpoint)
+    return final
 
 
 def _parent_run(tracker: Tracker, spec: DictConfig, spec_path: Any, state_file: Path, resume: bool, space: Any) -> str:

@@ -68,12 +68,12 @@ class GraphPredictor:
     """A PyTorch graph as a predictor (see automl.actions.predictors), eager, optionally under autocast."""
 
     def __init__(self, graph: torch.nn.Module, size: Sequence[int], device: torch.device, dtype: torch.dtype = torch.float32):
-        self.graph, self.mode, self.input_size, self.batch_size = graph.to(device).eval(), graph.task, tuple(size), None
+        self.graph, self.task, self.input_size, self.batch_size = graph.to(device).eval(), graph.task, tuple(size), None
         self.device, self.dtype = device, dtype
 
     def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.inference_mode(), torch.autocast(self.device.type, self.dtype, enabled=self.dtype != torch.float32):
-            return dict(zip(OUTPUT_NAMES[self.mode], self.graph(images.to(self.device))))
+            return dict(zip(OUTPUT_NAMES[self.task], self.graph(images.to(self.device))))
 
 
 def build_variant(name: str, spec: Any, checkpoint: str, size: Sequence[int], device: torch.device, work: Path) -> Any:

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from automl.actions.predictors import Predictor, check_mode, is_deployed, load_predictor, predict_dataset
+from automl.actions.predictors import Predictor, check_task, is_deployed, load_predictor, predict_dataset
 from automl.actions.quantize import prepare_for_checkpoint
 from automl.spec.model_args import spec_keys_in_errors
 from automl.tracking import headline, per_class_rows
@@ -88,7 +88,7 @@ def evaluate_checkpoint(spec: DictConfig, checkpoint: str | None, batch_size: in
 def evaluate_deployed(spec: DictConfig, path: str, batch_size: int | None = None) -> dict[str, float]:
     """Validation metrics of a deployed model file; the spec's model.mode and num_classes must be the model's."""
     predictor = load_predictor(path)
-    check_mode(predictor, spec.model.mode, path)
+    check_task(predictor, spec.model.mode, path)
     return evaluate_predictor(spec, predictor, batch_size)
 
 

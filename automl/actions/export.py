@@ -1,6 +1,6 @@
 """`automl export`: a checkpoint -> a plugin-free ONNX file or an AOTInductor package, checked against PyTorch.
 
-The graph is `model.export.DeployableMask2Former` (normalisation, network, the mode's post-processing),
+The graph is `model.export.DeployableMask2Former` (normalisation, network, the task's post-processing),
 traced on the CPU, where multi-scale deformable attention runs its `grid_sample` reference, so every
 ONNX node is a standard one (ONNX Runtime and TensorRT >= 8.6 need no plugin). After writing the file
 the action runs it on a real validation image and compares every output with PyTorch; beyond
@@ -62,7 +62,7 @@ def load_network(spec: DictConfig, checkpoint: str) -> tuple[DictConfig, torch.n
 
 
 def deployable(spec: DictConfig, network: torch.nn.Module) -> DeployableMask2Former:
-    """The exportable graph of a network for the spec's mode and post-processing settings."""
+    """The exportable graph of a network for the spec's task (model.mode) and post-processing settings."""
     return DeployableMask2Former(
         network,
         spec.model.mode,
@@ -113,15 +113,14 @@ def parity(reference: dict[str, torch.Tensor], candidate: dict[str, np.ndarray])
 
 
 def export_onnx(graph: torch.nn.Module, example: torch.Tensor, path: Path, opset: int, dynamic_batch: bool, verbose: bool = False) -> None:
-    """Write `graph` to `path` with torch.onnx's exporter: input `inputs`, the mode's output names, every node standard."""
+    """Write `graph` to `path` with torch.onnx's exporter: input `inputs`, the task's output names, every node standard."""
     import onnx
 
-    mode = graph.task
     with warnings.catch_warnings():  # the tracer flags every shape it freezes; the input size is fixed on purpose
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(
-            graph, (example,), str(path), input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES[mode]), opset_version=opset,
-            dynamo=False, dynamic_axes={INPUT_NAME: {0: "batch"}, **{n: {0: "batch"} for n in OUTPUT_NAMES[mode]}} if dynamic_batch else None,
+            graph, (example,), str(path), input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES[graph.task]), opset_version=opset,
+            dynamo=False, dynamic_axes={INPUT_NAME: {0: "batch"}, **{n: {0: "batch"} for n in OUTPUT_NAMES[graph.task]}} if dynamic_batch else None,
             verbose=verbose,
         )
     nonstandard = sorted({f"{node.domain}::{node.op_type}" for node in onnx.load(str(path)).graph.node if node.domain not in ("", "ai.onnx")})
@@ -149,9 +148,9 @@ def export_aoti(graph: torch.nn.Module, example: torch.Tensor, path: Path, dynam
     torch._inductor.aoti_compile_and_package(program, package_path=str(path), inductor_configs={"aot_inductor.metadata": metadata})
 
 
-def run_aoti(path: Path, mode: str) -> Callable[[torch.Tensor], dict[str, np.ndarray]]:
+def run_aoti(path: Path, task: str) -> Callable[[torch.Tensor], dict[str, np.ndarray]]:
     runner = torch._inductor.aoti_load_package(str(path))
-    return lambda images: {name: out.numpy() for name, out in zip(OUTPUT_NAMES[mode], runner(images))}
+    return lambda images: {name: out.numpy() for name, out in zip(OUTPUT_NAMES[task], runner(images))}
 
 
 def run_export(spec: DictConfig, checkpoint: str | None = None, fmt: str | None = None, out: Path | None = None) -> ExportResult:

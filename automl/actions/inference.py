@@ -34,7 +34,7 @@ from rich.console import Console
 from rich.progress import MofNCompleteColumn, Progress
 
 from automl.actions.evaluate import resolve_checkpoint, spec_for_checkpoint
-from automl.actions.predictors import check_mode, is_deployed, load_predictor, predict_dataset
+from automl.actions.predictors import check_task, is_deployed, load_predictor, predict_dataset
 from automl.actions.quantize import prepare_for_checkpoint
 from automl.spec.model_args import data_cache_dir, spec_keys_in_errors
 from automl.training import build_label_map, build_module
@@ -141,8 +141,8 @@ def instance_regions(scores: np.ndarray, masks: np.ndarray) -> np.ndarray:
 class PredictionWriter:
     """Writes each image's prediction (as `model.postprocess.Postprocessor` returns it) into the layout of the module docstring."""
 
-    def __init__(self, out_dir: Path, label_map: LabelMap, mode: str, num_classes: int) -> None:
-        self.out_dir, self.label_map, self.mode = out_dir, label_map, mode
+    def __init__(self, out_dir: Path, label_map: LabelMap, task: str, num_classes: int) -> None:
+        self.out_dir, self.label_map, self.task = out_dir, label_map, task
         self.train_ids = np.array(sorted(label_map.train_id_to_id), np.int64)  # the classes that have a category
         self.raw_ids = np.array([label_map.train_id_to_id[t] for t in self.train_ids.tolist()], np.int64)
         self.has_category = np.zeros(num_classes, bool)
@@ -169,11 +169,11 @@ class PredictionWriter:
         else:  # a deployed instance or panoptic model gives its class map only
             best = prediction["semantic"].cpu().numpy().astype(np.int64)
         self._save("semantic", file_name, ".png", self.raw_id_of_class[best].astype(self.semantic_dtype))
-        if self.mode != "semantic":
+        if self.task != "semantic":
             labels, scores, masks = self._add_instances(image_id, prediction["instances"])
-        if self.mode == "panoptic":
+        if self.task == "panoptic":
             regions, names = self._add_panoptic(image_id, file_name, prediction["panoptic"], prediction["segments"])
-        elif self.mode == "instance":
+        elif self.task == "instance":
             regions = instance_regions(scores, masks)
             names = [f"{self.label_map.names[label]} {score:.2f}" for label, score in zip(labels.tolist(), scores.tolist())]
         else:
@@ -226,9 +226,9 @@ class PredictionWriter:
 
     def finish(self) -> None:
         """Writes the JSON files of the whole run."""
-        if self.mode in ("instance", "panoptic"):
+        if self.task in ("instance", "panoptic"):
             (self.out_dir / "instances.json").write_text(json.dumps(self.instances))
-        if self.mode == "panoptic":
+        if self.task == "panoptic":
             categories = [
                 {"id": self.label_map.train_id_to_id[t], "name": self.label_map.names[t], "isthing": int(self.label_map.isthing[t]),
                  "color": list(self.label_map.colors[t])}
@@ -252,7 +252,7 @@ def run_inference(spec: DictConfig, checkpoint: str, batch_size: int | None = No
     batch_size = batch_size or (spec.inference.batch_size if spec.inference.batch_size > 0 else test.batch_size)
     if is_deployed(checkpoint):
         predictor = load_predictor(checkpoint)
-        check_mode(predictor, spec.model.mode, checkpoint)
+        check_task(predictor, spec.model.mode, checkpoint)
         label_map = build_label_map(spec)
         is_thing = label_map.is_thing_per_class(spec.model.sem_seg_head.num_classes)
         predictions = predict_dataset(predictor, dataset, batch_size, test.num_workers, is_thing)

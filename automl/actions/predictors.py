@@ -1,8 +1,8 @@
-"""Deployed models behind one call, for evaluate and inference: RGB images in, the mode's named outputs out.
+"""Deployed models behind one call, for evaluate and inference: RGB images in, the task's named outputs out.
 
 One small predictor per format: an ONNX file (ONNX Runtime, CUDA provider when there is a GPU), an
 AOTInductor package (.pt2) and a TensorRT engine. Each knows its input size (H, W), its batch size
-(None: any) and its mode, and returns the outputs of `model.export` as torch tensors.
+(None: any) and its task (panoptic, instance or semantic), and returns the outputs of `model.export` as torch tensors.
 `predict_dataset` runs one over a dataset and yields each image's prediction at its original size.
 """
 
@@ -24,12 +24,12 @@ TENSORRT_INSTALL = "pip install tensorrt (NVIDIA's wheels need a CUDA GPU and dr
 
 
 class Predictor(Protocol):
-    mode: str
+    task: str
     input_size: tuple[int, int]  # (H, W) the model takes
     batch_size: int | None  # None: any batch
 
     def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """(B, 3, H, W) float RGB on the 0..255 scale -> the outputs named in model.export.OUTPUT_NAMES[mode]."""
+        """(B, 3, H, W) float RGB on the 0..255 scale -> the outputs named in model.export.OUTPUT_NAMES[task]."""
         ...
 
 
@@ -38,10 +38,10 @@ def is_deployed(path: str | Path) -> bool:
     return Path(str(path)).suffix.lower() in FORMATS
 
 
-def mode_of_outputs(names: Sequence[str], path: Path) -> str:
-    for mode, expected in OUTPUT_NAMES.items():
+def task_of_outputs(names: Sequence[str], path: Path) -> str:
+    for task, expected in OUTPUT_NAMES.items():
         if tuple(names) == expected:
-            return mode
+            return task
     raise UserError(f"{path}: outputs {list(names)} are not those of a Mask2Former export ({', '.join(f'{m}: {list(n)}' for m, n in OUTPUT_NAMES.items())})")
 
 
@@ -57,7 +57,7 @@ class OnnxPredictor:
         except Exception as err:  # onnxruntime raises its own types for unreadable or invalid files
             raise UserError(f"{path}: not a readable ONNX model ({err})") from None
         self.names = [o.name for o in self.session.get_outputs()]
-        self.mode = mode_of_outputs(self.names, path)
+        self.task = task_of_outputs(self.names, path)
         batch, _, height, width = self.session.get_inputs()[0].shape
         self.input_size = (int(height), int(width))
         self.batch_size = batch if isinstance(batch, int) and batch > 0 else None
@@ -76,7 +76,7 @@ class AotiPredictor:
         metadata = self.runner.get_metadata()
         if "mode" not in metadata:
             raise UserError(f"{path}: not a Mask2Former package written by `automl export` (its metadata has no mode)")
-        self.mode = metadata["mode"]
+        self.task = metadata["mode"]  # the package metadata's key, as `automl export` writes it
         self.input_size = (int(metadata["input_height"]), int(metadata["input_width"]))
         self.batch_size = int(metadata["batch_size"]) if int(metadata["batch_size"]) > 0 else None
         self.device = torch.device("cuda" if metadata.get("AOTI_DEVICE_KEY", "cpu").startswith("cuda") else "cpu")
@@ -84,7 +84,7 @@ class AotiPredictor:
     def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.inference_mode():
             outputs = self.runner(images.to(self.device, torch.float32))
-        return dict(zip(OUTPUT_NAMES[self.mode], outputs))
+        return dict(zip(OUTPUT_NAMES[self.task], outputs))
 
 
 class TensorRTPredictor:
@@ -99,7 +99,7 @@ class TensorRTPredictor:
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        self.mode = mode_of_outputs(outputs, path)
+        self.task = task_of_outputs(outputs, path)
         batch, _, height, width = self.engine.get_tensor_shape(INPUT_NAME)
         self.input_size = (height, width)
         # a dynamic engine takes batches up to its profile's maximum: run it at that size
@@ -111,7 +111,7 @@ class TensorRTPredictor:
         self.context.set_input_shape(INPUT_NAME, tuple(images.shape))
         self.context.set_tensor_address(INPUT_NAME, images.data_ptr())
         outputs = {}
-        for name in OUTPUT_NAMES[self.mode]:
+        for name in OUTPUT_NAMES[self.task]:
             outputs[name] = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=self.dtypes[name], device="cuda")
             self.context.set_tensor_address(name, outputs[name].data_ptr())
         stream = torch.cuda.current_stream()
@@ -175,12 +175,13 @@ def predict_dataset(
         outputs = {name: value.cpu() for name, value in predictor(images).items()}
         for i in range(count):
             prediction = prediction_from_outputs(
-                {name: value[i] for name, value in outputs.items()}, predictor.mode, batch["image_sizes"][i], batch["orig_sizes"][i], is_thing
+                {name: value[i] for name, value in outputs.items()}, predictor.task, batch["image_sizes"][i], batch["orig_sizes"][i], is_thing
             )
             yield {key: batch[key][i] for key in ("image_ids", "file_names", "indices")}, prediction
 
 
-def check_mode(predictor: Predictor, spec_mode: str, path: str | Path) -> None:
-    if predictor.mode != spec_mode:
-        raise UserError(f"model.mode: '{spec_mode}', but {path} is a {predictor.mode} model; set model.mode={predictor.mode}")
+def check_task(predictor: Predictor, spec_task: str, path: str | Path) -> None:
+    """The spec's model.mode must be the task the deployed model was exported for."""
+    if predictor.task != spec_task:
+        raise UserError(f"model.mode: '{spec_task}', but {path} is a {predictor.task} model; set model.mode={predictor.task}")
 

@@ -1,7 +1,8 @@
 """Hyperparameter search: the train schema -> a search space -> Optuna samplers and Ray Tune schedulers."""
 
 from automl.search.algorithms import ALGORITHMS, SCHEDULERS, build_scheduler, build_searcher, check_combination
-from automl.search.space import Parameter, SearchSpace, format_space, resolve_search_space, tao_space_yaml
+from automl.search.parameter import Parameter
+from automl.search.space import SearchSpace, resolve_search_space
 
 __all__ = [
     "ALGORITHMS",
@@ -11,7 +12,5 @@ __all__ = [
     "build_scheduler",
     "build_searcher",
     "check_combination",
-    "format_space",
     "resolve_search_space",
-    "tao_space_yaml",
 ]

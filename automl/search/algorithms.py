@@ -27,7 +27,8 @@ from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, SearchAlg
 from ray.tune.search.optuna import OptunaSearch
 from ray.tune.search.sample import Categorical
 
-from automl.search.space import SearchSpace, is_architecture
+from automl.search.parameter import is_architecture
+from automl.search.space import SearchSpace
 from model.errors import UserError
 
 log = logging.getLogger(__name__)

@@ -1,14 +1,19 @@
 """`param()`: a dataclass field that carries the schema metadata the search and the JSON schema read.
 
 Every leaf of the spec is declared with it, so bounds, enums and AutoML flags live next to
-the default they describe and there is no second table to keep in step.
+the default they describe and there is no second table to keep in step. `spec_leaves()` is the
+one walk over the spec tree that validation, path handling, the JSON schema and the search read.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Any, Sequence
+import typing
+from functools import lru_cache
+from typing import Any, Iterator, Sequence
+
+from automl.spec.conditions import parse_math_cond, parse_relation
 
 # Keys of a field's metadata, in the order they appear in the generated schema.
 METADATA_KEYS = (
@@ -72,6 +77,10 @@ def param(
         raise ValueError("log_scale needs valid_min > 0")
     if option_weights is not None and (valid_options is None or len(option_weights) != len(valid_options)):
         raise ValueError("option_weights needs valid_options of the same length")
+    if math_cond is not None:
+        parse_math_cond(math_cond)  # a malformed condition fails where it is declared
+    for relation in depends_on or ():
+        parse_relation(relation)
     metadata = {
         "description": description,
         "valid_min": valid_min,
@@ -95,3 +104,51 @@ def param(
 def section(cls: type, description: str) -> Any:
     """A nested section of the spec (a dataclass field holding another spec dataclass)."""
     return dataclasses.field(default_factory=cls, metadata={"description": description})
+
+
+@dataclasses.dataclass(frozen=True)
+class Leaf:
+    """One leaf field of the spec: its dotted key, its type in the reference's names, its metadata."""
+
+    key: str
+    kind: str  # int, float, bool, string, categorical, list or collection
+    meta: dict
+    annotation: Any
+
+
+@lru_cache(maxsize=None)
+def spec_leaves(cls: type) -> tuple[Leaf, ...]:
+    """Every leaf field below the spec dataclass `cls`, depth first in declaration order (read-only)."""
+    return tuple(_walk(cls, ""))
+
+
+def _walk(cls: type, prefix: str) -> Iterator[Leaf]:
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        annotation = hints[f.name]
+        if dataclasses.is_dataclass(annotation):
+            yield from _walk(annotation, key + ".")
+        else:
+            yield Leaf(key, value_kind(annotation, f.metadata), dict(f.metadata), annotation)
+
+
+def section_type(cls: type, name: str) -> type | None:
+    """The dataclass of section `name` of `cls`, or None when `name` is a leaf."""
+    annotation = typing.get_type_hints(cls)[name]
+    return annotation if dataclasses.is_dataclass(annotation) else None
+
+
+def value_kind(annotation: Any, meta: Any) -> str:
+    """The reference's type names: int, float, bool, string, categorical, list, collection."""
+    if meta.get("valid_options") is not None and len(meta["valid_options"]) > 1:
+        return "categorical"
+    origin = typing.get_origin(annotation)
+    if origin is typing.Union:  # Optional[X]
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+        origin = typing.get_origin(annotation)
+    if origin in (list, typing.List):
+        return "list"
+    if origin in (dict, typing.Dict):
+        return "collection"
+    return {int: "int", float: "float", bool: "bool", str: "string"}.get(annotation, "string")

@@ -12,7 +12,7 @@ import logging
 import math
 import os
 import re
-from dataclasses import fields, is_dataclass
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -20,7 +20,9 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from automl.spec.conditions import compare, parse_math_cond, parse_relation
 from automl.spec.config import ACTIONS, ExperimentConfig
+from automl.spec.fields import section_type, spec_leaves
 from automl import storage
 from model.data.files import is_remote
 from model.errors import UserError
@@ -184,7 +186,7 @@ def check_keys(data: dict, cls: type, source: str) -> None:
 
 
 def _unknown_keys(data: dict, cls: type, prefix: str = "") -> Iterator[str]:
-    known = {f.name: f for f in fields(cls)}
+    known = {f.name for f in fields(cls)}
     for key, value in data.items():
         dotted = f"{prefix}{key}"
         if key not in known:
@@ -192,7 +194,7 @@ def _unknown_keys(data: dict, cls: type, prefix: str = "") -> Iterator[str]:
             hint = f"; did you mean {' or '.join(prefix + c for c in close)}?" if close else ""
             yield f"unknown key '{dotted}'{hint}"
             continue
-        sub = _dataclass_type(known[key])
+        sub = section_type(cls, key)
         if sub is None:
             continue
         if isinstance(value, dict):
@@ -250,15 +252,10 @@ def check_action_inputs(spec: DictConfig, action: str, need_checkpoint: bool = T
             yield f"{checkpoint_key}: required for {action} (a file, or 'best'/'latest' of this results_dir)"
 
 
-def iter_fields(spec: DictConfig, cls: type = ExperimentConfig, prefix: str = "") -> Iterator[tuple[str, dict, Any]]:
+def iter_fields(spec: DictConfig) -> Iterator[tuple[str, dict, Any]]:
     """(dotted key, metadata, value) of every leaf field of the spec."""
-    for f in fields(cls):
-        key = f"{prefix}{f.name}"
-        sub = _dataclass_type(f)
-        if sub is not None:
-            yield from iter_fields(spec[f.name], sub, key + ".")
-        else:
-            yield key, dict(f.metadata), spec[f.name]
+    for leaf in spec_leaves(ExperimentConfig):
+        yield leaf.key, leaf.meta, OmegaConf.select(spec, leaf.key)
 
 
 def _check_value(spec: DictConfig, key: str, meta: dict, value: Any) -> Iterator[str]:
@@ -280,53 +277,16 @@ def _check_value(spec: DictConfig, key: str, meta: dict, value: Any) -> Iterator
     options = meta.get("valid_options")
     if options is not None and value is not None and value not in options:
         yield f"{key}: {value!r} is not one of {options}"
-    cond = meta.get("math_cond")
-    broken = [v for v in numbers if cond and not math_cond_holds(cond, v)]
+    cond = parse_math_cond(meta["math_cond"]) if meta.get("math_cond") else None
+    broken = [v for v in numbers if cond and not cond.holds(v)]
     if broken:
-        yield f"{key}: {broken[0]!r} breaks the condition '{cond}' ({describe_math_cond(cond)})"
-    for relation in meta.get("depends_on") or ():
-        op, other_key = _parse_relation(relation)
-        if op is None or value is None:
+        yield f"{key}: {broken[0]!r} breaks the condition '{meta['math_cond']}' ({cond.describe()})"
+    for relation in map(parse_relation, meta.get("depends_on") or ()):
+        if relation.is_activation or value is None:
             continue
-        other = OmegaConf.select(spec, other_key)
-        if other is not None and not _compare(value, op, other):
-            yield f"{key}: {value!r} must be {op} {other_key} ({other!r})"
-
-
-def math_cond_holds(cond: str, value: float) -> bool:
-    """'/ 8': a multiple of 8; '^ 2': a power of 2; '> x', '>= x', '>x': a lower bound."""
-    op, _, operand = cond.strip().partition(" ")
-    if not operand:  # compact forms such as '>0'
-        op = cond.strip().rstrip("0123456789.")
-        operand = cond.strip()[len(op):]
-    number = float(operand)
-    if op == "/":
-        return value % number == 0
-    if op == "^":
-        if value < 1:
-            return False
-        power = 1
-        while power < value:
-            power *= number
-        return power == value
-    return _compare(value, op, number)
-
-
-def describe_math_cond(cond: str) -> str:
-    op, _, operand = cond.strip().partition(" ")
-    return {"/": f"a multiple of {operand}", "^": f"a power of {operand}"}.get(op, f"a value {cond.strip()}")
-
-
-def _parse_relation(relation: str) -> tuple[str | None, str]:
-    """'>= other.key' -> ('>=', 'other.key'); activation conditions ('k == v') -> (None, ...)."""
-    parts = relation.split()
-    if len(parts) == 2 and parts[0] in (">", ">=", "<", "<="):
-        return parts[0], parts[1]
-    return None, relation
-
-
-def _compare(a: float, op: str, b: float) -> bool:
-    return {">": a > b, ">=": a >= b, "<": a < b, "<=": a <= b}[op]
+        other = OmegaConf.select(spec, relation.other)
+        if other is not None and not compare(value, relation.op, other):
+            yield f"{key}: {value!r} must be {relation.op} {relation.other} ({other!r})"
 
 
 def _check_split(spec: DictConfig, split: str) -> Iterator[str]:
@@ -384,15 +344,11 @@ def _apply_swin_preset(spec: DictConfig, layers: Sequence[tuple[dict, str]]) -> 
     swin.embed_dim, swin.depths, swin.num_heads = preset[0], list(preset[1]), list(preset[2])
 
 
-def _make_paths_absolute(spec: DictConfig, cls: type = ExperimentConfig) -> None:
-    for f in fields(cls):
-        sub = _dataclass_type(f)
-        if sub is not None:
-            _make_paths_absolute(spec[f.name], sub)
-        elif f.metadata.get("is_path"):
-            value = spec[f.name]
-            if value and value not in CHECKPOINT_KEYWORDS and "://" not in value:
-                spec[f.name] = os.path.abspath(os.path.expanduser(value))
+def _make_paths_absolute(spec: DictConfig) -> None:
+    for leaf in (leaf for leaf in spec_leaves(ExperimentConfig) if leaf.meta.get("is_path")):
+        value = OmegaConf.select(spec, leaf.key)
+        if value and value not in CHECKPOINT_KEYWORDS and "://" not in value:
+            OmegaConf.update(spec, leaf.key, os.path.abspath(os.path.expanduser(value)))
 
 
 def _drop_missing_markers(data: Any) -> Any:
@@ -405,11 +361,6 @@ def _drop_missing_markers(data: Any) -> Any:
 def _plain(value: Any) -> Any:
     """A list or mapping of the spec as plain Python, for messages."""
     return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
-
-
-def _dataclass_type(f) -> type | None:
-    default = f.default_factory() if callable(f.default_factory) else None  # type: ignore[misc]
-    return type(default) if is_dataclass(default) else None
 
 
 def _describe(err: OmegaConfBaseException) -> str:

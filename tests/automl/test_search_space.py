@@ -8,17 +8,11 @@ import optuna
 import pytest
 from omegaconf import OmegaConf
 
-from automl.search import space as space_module
-from automl.search.space import (
-    TAO_SPACE_FILE,
-    Parameter,
-    SearchSpace,
-    format_space,
-    preset_names,
-    resolve_search_space,
-    space_from_mapping,
-    tao_space_yaml,
-)
+from automl.cli import format_space
+from automl.search import entries as entries_module
+from automl.search.parameter import Parameter
+from automl.search.space import SearchSpace, preset_names, resolve_search_space, space_from_mapping
+from automl.spec.schema import TAO_SPACE_FILE, action_schema, tao_space_yaml, train_leaves
 from automl.spec.load import load_spec
 from model.errors import UserError
 
@@ -66,7 +60,7 @@ def test_committed_tao_space_is_up_to_date():
 def test_tao_preset_is_the_schemas_automl_default_parameters():
     space = resolve_search_space(load_spec(None, ["automl.search_space=tao"]))
     assert space.source == "search_spaces/tao.yaml"
-    assert sorted(space.keys) == sorted(space_module._train_schema()["automl_default_parameters"])
+    assert sorted(space.keys) == sorted(action_schema("train")["automl_default_parameters"])
 
 
 def test_default_space_fine_tunes_and_picks_the_architecture_from_sets_when_training_from_scratch():
@@ -128,7 +122,7 @@ def test_presets_resolve_by_name_and_full_covers_every_automl_enabled_key():
     quick = resolve_search_space(load_spec(None, ["automl.search_space=quick"]))
     assert set(quick.keys) == {LR, "train.optim.weight_decay", "train.optim.backbone_multiplier"}
     full = resolve_search_space(load_spec(None, ["automl.search_space=full"]))
-    enabled = {key for key, prop in space_module._schema_leaves().items() if prop.get("automl_enabled") is True}
+    enabled = {key for key, leaf in train_leaves().items() if leaf.meta.get("automl_enabled") is True}
     assert set(full.keys) == enabled
 
 
@@ -196,9 +190,9 @@ def test_log_scaled_integers_with_a_step_stay_on_multiples_and_spread_by_magnitu
 @pytest.fixture
 def heads_searchable(monkeypatch):
     """A schema in which nheads ('^ 2') is automl-enabled, as no shipped key with a power condition is."""
-    leaves = copy.deepcopy(space_module._schema_leaves())
-    leaves["model.mask_former.nheads"]["automl_enabled"] = True
-    monkeypatch.setattr(space_module, "_schema_leaves", lambda: leaves)
+    leaves = copy.deepcopy(train_leaves())
+    leaves["model.mask_former.nheads"].meta["automl_enabled"] = True
+    monkeypatch.setattr(entries_module, "train_leaves", lambda: leaves)
 
 
 def test_power_condition_draws_only_powers_through_the_exponent(heads_searchable):

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from automl.spec import load_spec
-from automl.spec.load import iter_fields, math_cond_holds, parse_overrides
+from automl.spec.conditions import math_cond_holds
+from automl.spec.load import iter_fields, parse_overrides
 from model.errors import UserError
 
 # Specs in the layout of the reference system (TAO Mask2Former), one per action.
