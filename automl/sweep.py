@@ -35,6 +35,7 @@ from automl.resume_guard import ResumeGuard
 from automl.resume_guard import verify as verify_state
 from automl.search import build_scheduler, build_searcher, check_combination, resolve_search_space
 from automl.search.study import study_file, study_storage, warm_start_points
+from automl.shared_data import decode_data
 from automl.storage import exists, sweep_filesystem, worker_env
 from automl.sweep_tracking import MlflowSweepCallback, log_baseline, log_winner
 from automl.tracking import RUNS_VIEW, Tracker, run_tags
@@ -160,6 +161,8 @@ def run_sweep(spec: DictConfig, spec_path: str | os.PathLike | None, resume: boo
         tune.with_parameters(
             run_trial, base_spec=base, max_epochs=max_epochs, metric=metric, timeout_minutes=spec.automl.trial_timeout_minutes, workers=trial_workers(spec),
             cpus_per_worker=_cpus_per_worker(spec),
+            # Decoded once here, one copy in Ray's object store; a trial on another machine may not see the files it names.
+            data=None if spec.automl.ray_address else decode_data(spec, label_map),
         ),
         packer.resources if packer else resources,
     )
