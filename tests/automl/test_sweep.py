@@ -123,8 +123,6 @@ def test_a_finished_sweep_leaves_no_lightning_checkpoints_and_bounded_disk(sweep
     used = sum(p.stat().st_size for p in experiment.rglob("*") if p.is_file())
     checkpoint = result.best.checkpoint.stat().st_size
     assert used < (2 * 4 + 1) * checkpoint  # each of 4 trials: its best and latest at most, plus logs
-    swept = sum(p.stat().st_size for p in (Path(spec.results_dir) / "automl").rglob("*") if p.is_file())
-    assert swept < 30 * 2**20  # issue #14: a 4-trial CPU sweep of a tiny model stays under 30 MB
 
 
 def test_a_sweep_whose_every_trial_fails_raises_naming_the_error_and_fails_the_parent_run(smoke_spec):
