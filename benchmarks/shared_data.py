@@ -54,9 +54,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         if not (data / "label_map.json").exists():
             write_synthetic_dataset(data, num_images=num_images, size=(args.size, args.size), seed=0)
         spec = load_spec(ROOT / "experiments" / "synthetic_smoke.yaml", [*data_overrides(data), f"results_dir={args.work / 'results'}"], action="train")
-        decode_s = _median_s(lambda: decode_data(spec, build_label_map(spec)), args.repeats)
+        decode_s = _median_s(lambda spec=spec: decode_data(spec, build_label_map(spec)), args.repeats)
         stored = pickle.dumps(decode_data(spec, build_label_map(spec)))  # what the object store holds
-        read_s = _median_s(lambda: pickle.loads(stored), args.repeats)
+        read_s = _median_s(lambda stored=stored: pickle.loads(stored), args.repeats)
         rows.append({"num_images": num_images, "decode_s": decode_s, "read_shared_s": read_s, "saved_per_trial_s": decode_s - read_s, "stored_mib": len(stored) / 2**20})
     print("| images | decode (s) | read the shared copy (s) | saved per trial (s) | stored MiB |\n|---:|---:|---:|---:|---:|")
     for row in rows:
