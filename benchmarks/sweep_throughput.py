@@ -10,19 +10,21 @@ with `results_dir` under --work, then reads the sweep back from its MLflow store
 - `spaces` cases: one sweep per search space of --spaces (default, tao, quick), ASHA: the best
   score within the same time.
 
-The cases share --budget-s equally: each one runs (Ray start-up included) until its share is
-nearly spent, is stopped with Ctrl-C as a user would and killed if it has not ended by the end of
-its share; a share below --case-floor-s is refused before anything runs. The data is written (or
-found in --data) before the clock starts. Prints a table per experiment and writes everything to --out.
+The cases share --budget-s equally on one clock: each one runs (Ray start-up included) until
+its share is nearly spent, is stopped with Ctrl-C as a user would, killed if it has not ended
+in time, and read back before its share ends; a share below --case-floor-s is refused before
+anything runs. The data is written (or found in --data) before the clock starts. Prints a
+table per experiment and writes everything to --out.
 
-    # GPU machine (one H100), the issue's numbers in one call of at most 420 s: 6 cases of 60 s
-    python benchmarks/sweep_throughput.py --size 256 --num-images 120 \
+    # GPU machine (one H100), the issue's numbers in one call of at most 420 s: 6 cases of 63 s,
+    # trials of 2 epochs over 45 training images so that a case can end several
+    python benchmarks/sweep_throughput.py --size 256 --num-images 60 --max-epochs 2 --validation-interval 2 \
         --resources "{cpu: 3, gpu: 1}" "{cpu: 3, gpu: 0.25}" "{cpu: 3, gpu: auto}" --spaces default tao quick \
-        --budget-s 360 --out benchmarks/results/h100_sweep_value.json
+        --budget-s 380 --out benchmarks/results/h100_sweep_value.json
 
-    # CPU check at a tiny size (the smoke spec), about 3 minutes on 2 cores
-    python benchmarks/sweep_throughput.py --tiny --max-epochs 2 --resources "{cpu: 1}" \
-        --spaces quick --space-resources "{cpu: 1}" --budget-s 150 --out /tmp/sweep_throughput.json
+    # CPU check at a tiny size (the smoke spec), 4 minutes on 2 cores
+    python benchmarks/sweep_throughput.py --tiny --num-images 24 --max-epochs 1 --validation-interval 1 \
+        --resources "{cpu: 1}" --spaces quick --space-resources "{cpu: 1}" --budget-s 240 --out /tmp/sweep_throughput.json
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 PHASES = ("first_step_s", "train_s", "val_s", "checkpoint_s", "teardown_s")
 STOP_S = 20.0  # of each case's share: Ctrl-C this long before its end, for the sweep to stop and save
+READ_S = 10.0  # of each case's share: reading the sweep back from MLflow after it ended
 
 
 def data_overrides(data: Path) -> list[str]:
@@ -99,7 +102,7 @@ def run_sweep(spec: Path, overrides: list[str], results: Path, budget_s: float) 
     with (results / "launch.log").open("w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         try:
-            process.wait(timeout=budget_s - STOP_S)
+            process.wait(timeout=max(budget_s - STOP_S, 0.0))
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGINT)  # a user's Ctrl-C: the sweep stops resumable
             try:
@@ -185,7 +188,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--max-epochs", type=int, default=4)
     p.add_argument("--validation-interval", type=int, default=2)
     p.add_argument("--budget-s", type=float, default=3600.0, help="wall time of all cases together, shared equally (data written before)")
-    p.add_argument("--case-floor-s", type=float, default=45.0, help="the least share of a case: Ray start-up, a first trial and the stop")
+    p.add_argument("--case-floor-s", type=float, default=60.0, help="the least share of a case: Ray start-up, a first trial, the stop and the reading")
     p.add_argument("--work", type=Path, default=ROOT / "results" / "sweep_throughput")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "sweep_throughput.json")
     args = p.parse_args(argv)
@@ -210,15 +213,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     record: dict[str, Any] = {"spec": str(spec), "data": str(data), "size": size, "case_s": share, "args": {k: str(v) for k, v in vars(args).items()}, "resources": [], "spaces": []}
     print(f"data ready in {data}; {len(args.resources) + len(args.spaces)} cases of {share:.0f} s", flush=True)
     start = time.monotonic()
+
+    def time_left(case: int) -> float:
+        """Seconds the sweep of case `case` (0-based) may run: to its share's end on the shared clock, less the reading."""
+        return start + (case + 1) * share - READ_S - time.monotonic()
+
     for resources in args.resources:
         overrides = [*common, f"automl.resources_per_trial={resources}", f"automl.search_space={args.space}",
                      f"automl.num_samples={args.num_samples}", "automl.scheduler=fifo"]  # fmt: skip
-        run = run_sweep(spec, overrides, args.work / f"resources_{len(record['resources'])}", share)
+        run = run_sweep(spec, overrides, args.work / f"resources_{len(record['resources'])}", time_left(len(record["resources"])))
         record["resources"].append({"resources_per_trial": resources, **run, "summary": summarise(run)})
     for space in args.spaces:
         overrides = [*common, f"automl.resources_per_trial={args.space_resources}", f"automl.search_space={space}",
                      "automl.num_samples=1000", "automl.scheduler=asha", "automl.grace_period=1"]  # fmt: skip
-        run = run_sweep(spec, overrides, args.work / f"space_{space}", share)
+        run = run_sweep(spec, overrides, args.work / f"space_{space}", time_left(len(args.resources) + len(record["spaces"])))
         record["spaces"].append({"search_space": space, **run, "summary": summarise(run)})
     record["elapsed_s"] = time.monotonic() - start
     print_table(f"Trials per hour ({args.space} space, trials of {args.max_epochs} epochs, FIFO, {share:.0f} s each)",
