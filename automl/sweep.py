@@ -35,6 +35,7 @@ from automl.resume_guard import ResumeGuard
 from automl.resume_guard import verify as verify_state
 from automl.search import SearchSpace, build_scheduler, build_searcher, check_combination, resolve_search_space
 from automl.search.study import study_file, study_storage, warm_start_points
+from automl.shared_data import decode_data
 from automl.storage import exists, sweep_filesystem, worker_env
 from automl.sweep_tracking import MlflowSweepCallback, log_baseline, log_winner
 from automl.tracking import RUNS_VIEW, Tracker, run_tags
@@ -118,7 +119,7 @@ def run_sweep(spec: DictConfig, spec_path: str | os.PathLike | None, resume: boo
     label_map = build_label_map(sweep.spec)
     if sweep.spec.automl.baseline and not resume:
         _log_baseline(sweep, tracker, parent_id, label_map)
-    results = _fit(sweep, store, searcher, tracker, parent_id, resume)
+    results = _fit(sweep, store, searcher, tracker, parent_id, label_map, resume)
     _check_complete(results, sweep, store, tracker, parent_id)
     outcome = _select_best(results, sweep.metric, sweep.mode, sweep.spec)
     _prune_checkpoints(results, sweep.metric, sweep.mode, sweep.spec.automl.keep_top_k, sweep.validations)
@@ -219,21 +220,23 @@ def _log_baseline(sweep: _Sweep, tracker: Tracker, parent_id: str, label_map: An
     console.print(f"baseline on dataset.val: {sweep.metric} {baseline.get(sweep.metric, float('nan')):.2f}", highlight=False)
 
 
-def _trainable(sweep: _Sweep) -> Any:
+def _trainable(sweep: _Sweep, label_map: Any) -> Any:
     """run_trial with the spec and the resources each trial holds."""
     spec = sweep.spec
     return tune.with_resources(
         tune.with_parameters(
             run_trial, base_spec=OmegaConf.to_container(spec, resolve=True), max_epochs=sweep.max_epochs, metric=sweep.metric,
             timeout_minutes=spec.automl.trial_timeout_minutes, workers=trial_workers(spec), cpus_per_worker=_cpus_per_worker(spec),
+            # Decoded once here, one copy in Ray's object store; a trial on another machine may not see the files it names.
+            data=None if spec.automl.ray_address else decode_data(spec, label_map),
         ),
         sweep.packer.resources if sweep.packer else sweep.resources,
     )  # fmt: skip
 
 
-def _fit(sweep: _Sweep, store: _Store, searcher: Any, tracker: Tracker, parent_id: str, resume: bool) -> tune.ResultGrid:
+def _fit(sweep: _Sweep, store: _Store, searcher: Any, tracker: Tracker, parent_id: str, label_map: Any, resume: bool) -> tune.ResultGrid:
     """Run the trials on Ray (started here unless automl.ray_address names a cluster), signing the state Tune saved."""
-    trainable = _trainable(sweep)
+    trainable = _trainable(sweep, label_map)
     workers = trial_workers(sweep.spec)
     train_gpus = float(workers) if workers > 1 and torch.cuda.is_available() else 0.0
     callback = None if resume else MlflowSweepCallback(tracker, parent_id, sweep.metric, sweep.mode, run_tags(sweep.spec), sweep.validations, train_gpus)

@@ -10,7 +10,7 @@ import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import lightning.pytorch as pl
 import numpy as np
@@ -24,12 +24,16 @@ from automl.spec.model_args import build_network, build_split_dataset, data_cach
 from model.checkpoint import load_weights, read_checkpoint
 from model.criterion import SetCriterion
 from model.data import LabelMap, collate, resolve_file
+from model.data.dataset import AnnotationReader
 from model.datamodule import SegmentationDataModule
 from model.errors import UserError
 from model.evaluator import SegmentationEvaluator
 from model.lit import Mask2FormerModule
 from model.matcher import HungarianMatcher
 from model.postprocess import Postprocessor
+
+if TYPE_CHECKING:
+    from automl.shared_data import SharedData
 
 log = logging.getLogger(__name__)
 
@@ -207,9 +211,11 @@ def build_module(spec: DictConfig, label_map: LabelMap) -> Mask2FormerModule:
     )
 
 
-def build_datamodule(spec: DictConfig, label_map: LabelMap, *, with_train: bool = True) -> SegmentationDataModule:
-    train_set = build_split_dataset(spec, "train", label_map, is_train=True) if with_train else None
-    val_set = build_split_dataset(spec, "val", label_map, is_train=False)
+def build_datamodule(spec: DictConfig, label_map: LabelMap, *, with_train: bool = True, readers: Mapping[str, AnnotationReader] | None = None) -> SegmentationDataModule:
+    """Training and validation data; `readers` are splits already decoded (a sweep's shared data)."""
+    readers = readers or {}
+    train_set = build_split_dataset(spec, "train", label_map, is_train=True, reader=readers.get("train")) if with_train else None
+    val_set = build_split_dataset(spec, "val", label_map, is_train=False, reader=readers.get("val"))
     return SegmentationDataModule(
         train_set,
         val_set,
@@ -291,17 +297,26 @@ def seed_everything(spec: DictConfig) -> None:
 
 
 def run_training(
-    spec: DictConfig, callbacks: Sequence[Callback] = (), progress: bool = True, keep_checkpoints: bool = True, **trainer_overrides: Any
+    spec: DictConfig,
+    callbacks: Sequence[Callback] = (),
+    progress: bool = True,
+    keep_checkpoints: bool = True,
+    data: SharedData | None = None,
+    **trainer_overrides: Any,
 ) -> TrainResult:
     """Train as the spec says (resuming when it can) and return the run's metrics and checkpoints.
 
     keep_checkpoints=False leaves checkpointing to the caller (a sweep trial reports its own to
-    Tune). trainer_overrides replace Trainer arguments (a Ray Train worker passes Ray's strategy).
+    Tune). data: the sweep's decoded label map and annotations, used when they fit the spec.
+    trainer_overrides replace Trainer arguments (a Ray Train worker passes Ray's strategy).
     """
     seed_everything(spec)
     resume = resume_checkpoint(spec)
-    label_map = build_label_map(spec)
-    datamodule = build_datamodule(spec, label_map)
+    if data is not None and data.fits(spec):
+        label_map, datamodule = data.label_map, build_datamodule(spec, data.label_map, readers=data.readers)
+    else:
+        label_map = build_label_map(spec)
+        datamodule = build_datamodule(spec, label_map)
     module = build_module(spec, label_map)
     if spec.train.pretrained_model_path:
         load_weights(module.model, spec.train.pretrained_model_path, skip_mismatched=True)  # fine-tuning may replace the class head

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from ray import tune
 
 from automl.files import copy_file
+from automl.shared_data import SharedData
 from automl.spec.load import apply_values
 from automl.training import run_training
 from automl.trial_timing import TrialTiming
@@ -43,13 +44,21 @@ def trial_spec(base: dict, values: dict[str, Any], trial_dir: Path, max_epochs: 
 
 
 def run_trial(
-    config: dict, base_spec: dict, max_epochs: int, metric: str, timeout_minutes: float, workers: int = 1, cpus_per_worker: float = 1.0
+    config: dict,
+    base_spec: dict,
+    max_epochs: int,
+    metric: str,
+    timeout_minutes: float,
+    workers: int = 1,
+    cpus_per_worker: float = 1.0,
+    data: SharedData | None = None,
 ) -> None:
     """The Tune function trainable.
 
     workers == 1: Lightning in this process (one GPU, a slice of one, or CPUs). workers > 1: a
     Ray Train `TorchTrainer` of that many workers (one GPU each, or CPU processes with gloo when
-    the machine has no GPU) running the same training with Ray's DDP strategy.
+    the machine has no GPU) running the same training with Ray's DDP strategy. data: the sweep's
+    decoded label map and annotations (from Ray's object store), which the trial reuses.
     """
     context = tune.get_context()
     trial_dir = Path(context.get_trial_dir())  # <results_dir>/automl/<sweep>/<trial>
@@ -60,13 +69,13 @@ def run_trial(
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:  # a retry after a crash, or a PBT exploit: continue from there
         spec.train.resume_training_checkpoint_path = _local_copy(checkpoint, trial_dir)
-    _train(spec, metric, timeout_minutes, tune.report)
+    _train(spec, metric, timeout_minutes, tune.report, data=data)
 
 
-def _train(spec: DictConfig, metric: str, timeout_minutes: float, report: Callable[..., None], **trainer_overrides: Any) -> None:
+def _train(spec: DictConfig, metric: str, timeout_minutes: float, report: Callable[..., None], **training_args: Any) -> None:
     watchdog, timing = Watchdog(timeout_minutes), TrialTiming()
     try:
-        run_training(spec, callbacks=[TuneReport(metric, timing.wrap(report)), watchdog, timing], progress=False, keep_checkpoints=False, **trainer_overrides)
+        run_training(spec, callbacks=[TuneReport(metric, timing.wrap(report)), watchdog, timing], progress=False, keep_checkpoints=False, **training_args)
     except NonFiniteLossError as err:
         # Recorded and stopped; the sweep goes on (a retry would only diverge again).
         log.warning("trial stopped: %s", err)

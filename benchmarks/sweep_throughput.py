@@ -3,23 +3,28 @@
 Runs `automl launch` once per case, each in a fresh process (its own Ray cluster and CUDA),
 with `results_dir` under --work, then reads the sweep back from its MLflow store:
 
-- `resources` cases: the same sweep (`--space`, `--num-samples` trials of `--max-epochs`, FIFO)
-  with each `automl.resources_per_trial` of --resources (e.g. `{gpu: 1}`, `{gpu: 0.25}`,
-  `{gpu: auto}`): trials/hour, GPU-busy fraction (nvidia-smi sampled every 0.5 s; the timeline
-  goes to the JSON), per-trial overhead (first step, train, validation, checkpoint, teardown);
-- `spaces` cases: one sweep per search space of --spaces (default, tao, quick) for
-  --budget-minutes each (then Ctrl-C, as a user would), ASHA: best score within that budget.
+- `resources` cases: the same sweep (`--space`, trials of `--max-epochs`, FIFO) with each
+  `automl.resources_per_trial` of --resources (e.g. `{gpu: 1}`, `{gpu: 0.25}`, `{gpu: auto}`):
+  trials/hour, GPU-busy fraction (nvidia-smi sampled every 0.5 s; the timeline goes to the
+  JSON), per-trial overhead (first step, train, validation, checkpoint, teardown);
+- `spaces` cases: one sweep per search space of --spaces (default, tao, quick), ASHA: the best
+  score within the same time.
 
-Prints a table per experiment and writes everything to --out.
+The cases share --budget-s equally on one clock: each one runs (Ray start-up included) until
+its share is nearly spent, is stopped with Ctrl-C as a user would, killed if it has not ended
+in time, and read back before its share ends; a share below --case-floor-s is refused before
+anything runs. The data is written (or found in --data) before the clock starts. Prints a
+table per experiment and writes everything to --out.
 
-    # GPU machine, the issue's numbers (about 15 + 3 x budget minutes)
-    python benchmarks/sweep_throughput.py --data data/synthetic256 --size 256 \
+    # GPU machine (one H100), the issue's numbers in one call of at most 420 s: 6 cases of 63 s,
+    # trials of 2 epochs over 45 training images so that a case can end several
+    python benchmarks/sweep_throughput.py --size 256 --num-images 60 --max-epochs 2 --validation-interval 2 \
         --resources "{cpu: 3, gpu: 1}" "{cpu: 3, gpu: 0.25}" "{cpu: 3, gpu: auto}" --spaces default tao quick \
-        --budget-minutes 20 --out benchmarks/results/h100_sweep_value.json
+        --budget-s 380 --out benchmarks/results/h100_sweep_value.json
 
-    # CPU check at a tiny size (the smoke spec), a few minutes on 2 cores
-    python benchmarks/sweep_throughput.py --tiny --num-samples 2 --max-epochs 2 --resources "{cpu: 1}" "{cpu: 1, gpu: auto}" \
-        --spaces quick --space-resources "{cpu: 1}" --budget-minutes 2 --out /tmp/sweep_throughput.json
+    # CPU check at a tiny size (the smoke spec), 4 minutes on 2 cores
+    python benchmarks/sweep_throughput.py --tiny --num-images 24 --max-epochs 1 --validation-interval 1 \
+        --resources "{cpu: 1}" --spaces quick --space-resources "{cpu: 1}" --budget-s 240 --out /tmp/sweep_throughput.json
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ from automl.synthetic_data import data_overrides  # noqa: E402
 from benchmarks._common import cell, write_json  # noqa: E402
 
 PHASES = ("first_step_s", "train_s", "val_s", "checkpoint_s", "teardown_s")
+STOP_S = 20.0  # of each case's share: Ctrl-C this long before its end, for the sweep to stop and save
+READ_S = 10.0  # of each case's share: reading the sweep back from MLflow after it ended
 
 
 def size_overrides(size: int) -> list[str]:
@@ -72,8 +79,9 @@ class GpuSampler:
         return samples
 
 
-def run_sweep(spec: Path, overrides: list[str], results: Path, budget_s: float | None) -> dict[str, Any]:
-    """One `automl launch` in its own process group; Ctrl-C after `budget_s` (None: to the end)."""
+def run_sweep(spec: Path, overrides: list[str], results: Path, budget_s: float) -> dict[str, Any]:
+    """One `automl launch` in its own process group for at most `budget_s`: Ctrl-C `STOP_S` before
+    the end, killed at the end if it is still running."""
     if results.exists():
         shutil.rmtree(results)
     results.mkdir(parents=True)
@@ -84,10 +92,14 @@ def run_sweep(spec: Path, overrides: list[str], results: Path, budget_s: float |
     with (results / "launch.log").open("w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         try:
-            process.wait(timeout=budget_s)
+            process.wait(timeout=max(budget_s - STOP_S, 0.0))
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGINT)  # a user's Ctrl-C: the sweep stops resumable
-            process.wait(timeout=300)
+            try:
+                process.wait(timeout=STOP_S)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
     wall = time.monotonic() - start
     samples = sampler.stop()
     return {"command": command, "returncode": process.returncode, "wall_s": wall, "gpu_samples": samples, **read_sweep(results, spec)}
@@ -158,13 +170,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--space", default="default", help="search space of the resources cases")
     p.add_argument("--spaces", nargs="*", default=["default", "tao", "quick"], help="search spaces compared at a fixed time")
     p.add_argument("--space-resources", default="{cpu: 3, gpu: auto}", help="resources of the spaces cases")
-    p.add_argument("--num-samples", type=int, default=8, help="trials of each resources case")
+    p.add_argument("--num-samples", type=int, default=1000, help="trials of each resources case (at most: the case ends with its share of the budget)")
     p.add_argument("--max-epochs", type=int, default=4)
     p.add_argument("--validation-interval", type=int, default=2)
-    p.add_argument("--budget-minutes", type=float, default=20.0, help="wall time of each spaces case")
+    p.add_argument("--budget-s", type=float, default=3600.0, help="wall time of all cases together, shared equally (data written before)")
+    p.add_argument("--case-floor-s", type=float, default=60.0, help="the least share of a case: Ray start-up, a first trial, the stop and the reading")
     p.add_argument("--work", type=Path, default=ROOT / "results" / "sweep_throughput")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "sweep_throughput.json")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    cases = len(args.resources) + len(args.spaces)
+    if cases and args.budget_s / cases < args.case_floor_s:
+        p.error(f"--budget-s {args.budget_s:g}: {cases} cases get {args.budget_s / cases:.0f} s each, below --case-floor-s {args.case_floor_s:g}; give more time or fewer cases")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -178,20 +195,30 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         write_synthetic_dataset(data, num_images=args.num_images, size=(size, size), seed=0)
     common = [*data_overrides(data), *([] if args.tiny else size_overrides(size)), "automl.policy=on",
               f"automl.max_epochs={args.max_epochs}", f"train.validation_interval={args.validation_interval}", "automl.max_concurrent=0"]  # fmt: skip
-    record: dict[str, Any] = {"spec": str(spec), "data": str(data), "size": size, "args": {k: str(v) for k, v in vars(args).items()}, "resources": [], "spaces": []}
+    share = args.budget_s / (len(args.resources) + len(args.spaces))
+    record: dict[str, Any] = {"spec": str(spec), "data": str(data), "size": size, "case_s": share, "args": {k: str(v) for k, v in vars(args).items()}, "resources": [], "spaces": []}
+    print(f"data ready in {data}; {len(args.resources) + len(args.spaces)} cases of {share:.0f} s", flush=True)
+    start = time.monotonic()
+
+    def time_left(case: int) -> float:
+        """Seconds the sweep of case `case` (0-based) may run: to its share's end on the shared clock, less the reading."""
+        return start + (case + 1) * share - READ_S - time.monotonic()
+
     for resources in args.resources:
         overrides = [*common, f"automl.resources_per_trial={resources}", f"automl.search_space={args.space}",
                      f"automl.num_samples={args.num_samples}", "automl.scheduler=fifo"]  # fmt: skip
-        run = run_sweep(spec, overrides, args.work / f"resources_{len(record['resources'])}", None)
+        run = run_sweep(spec, overrides, args.work / f"resources_{len(record['resources'])}", time_left(len(record["resources"])))
         record["resources"].append({"resources_per_trial": resources, **run, "summary": summarise(run)})
     for space in args.spaces:
         overrides = [*common, f"automl.resources_per_trial={args.space_resources}", f"automl.search_space={space}",
                      "automl.num_samples=1000", "automl.scheduler=asha", "automl.grace_period=1"]  # fmt: skip
-        run = run_sweep(spec, overrides, args.work / f"space_{space}", args.budget_minutes * 60)
+        run = run_sweep(spec, overrides, args.work / f"space_{space}", time_left(len(args.resources) + len(record["spaces"])))
         record["spaces"].append({"search_space": space, **run, "summary": summarise(run)})
-    print_table(f"Trials per hour ({args.space} space, {args.num_samples} trials of {args.max_epochs} epochs, FIFO)",
+    record["elapsed_s"] = time.monotonic() - start
+    print_table(f"Trials per hour ({args.space} space, trials of {args.max_epochs} epochs, FIFO, {share:.0f} s each)",
                 [(r["resources_per_trial"], r["summary"]) for r in record["resources"]])  # fmt: skip
-    print_table(f"Best PQ after {args.budget_minutes:g} minutes ({args.space_resources}, ASHA)", [(r["search_space"], r["summary"]) for r in record["spaces"]])
+    print_table(f"Best PQ after {share:.0f} s ({args.space_resources}, ASHA)", [(r["search_space"], r["summary"]) for r in record["spaces"]])
+    print(f"\n{len(args.resources) + len(args.spaces)} cases in {record['elapsed_s']:.0f} s (budget {args.budget_s:g} s)")
     write_json(record, args.out)
     return record
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from typing import Any
 
 import optuna
 from ray.tune.schedulers import (
@@ -154,10 +155,25 @@ def build_scheduler(
     if name == "pbt":
         if space is None:
             raise ValueError("the pbt scheduler needs the search space")
-        return PopulationBasedTraining(
-            **timing, perturbation_interval=grace_period, hyperparam_mutations=pbt_mutations(space), custom_explore_fn=space.clip
+        return FinalReportPBT(
+            max_t, **timing, perturbation_interval=grace_period, hyperparam_mutations=pbt_mutations(space), custom_explore_fn=space.clip
         )
     return FIFOScheduler()
+
+
+class FinalReportPBT(PopulationBasedTraining):
+    """Tune's PBT, except at a trial's last report (`max_t`): there an exploit would restart the
+    trial on the donor's weights with no epoch left to train, and the donor, which ends with that
+    report, may already be gone. The trial ends as it is."""
+
+    def __init__(self, max_t: int, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.max_t = max_t
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        if result.get(self._time_attr, 0) >= self.max_t:
+            return TrialScheduler.CONTINUE
+        return super().on_trial_result(tune_controller, trial, result)
 
 
 def pbt_mutations(space: SearchSpace) -> dict:

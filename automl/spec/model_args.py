@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from model.data import LabelMap, SegmentationDataset, build_dataset, build_transform
+from model.data.dataset import AnnotationReader
 from model.errors import ArgumentError, UserError
 from model.mask2former import BACKBONE_OUT_FEATURES, Mask2Former, build_mask2former
 
@@ -113,11 +114,16 @@ def data_cache_dir(spec: Any) -> Path:
     return Path(spec.results_dir) / "cache"
 
 
-def build_split_dataset(spec: Any, split: str, label_map: LabelMap, is_train: bool) -> SegmentationDataset:
-    """dataset.<split> for the spec's task, with the training or evaluation augmentation of dataset.augmentation."""
+def build_split_dataset(spec: Any, split: str, label_map: LabelMap, is_train: bool, reader: AnnotationReader | None = None) -> SegmentationDataset:
+    """dataset.<split> for the spec's task, with the training or evaluation augmentation of dataset.augmentation.
+
+    reader: the split's annotations when already decoded (a sweep's trials share them), else read from its files.
+    """
     augmentation, files = spec.dataset.augmentation, spec.dataset[split]
     with spec_keys_in_errors(split):
         transform = build_transform(is_train, **{name: augmentation[name] for name in AUGMENTATION_ARGUMENTS})
+        if reader is not None:
+            return SegmentationDataset(reader=reader, transform=transform, task=getattr(spec.model, TASK_KEY))
         return build_dataset(
             files.type,
             task=getattr(spec.model, TASK_KEY),

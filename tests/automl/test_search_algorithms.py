@@ -14,11 +14,12 @@ from ray.tune.schedulers import (
     HyperBandScheduler,
     MedianStoppingRule,
     PopulationBasedTraining,
+    TrialScheduler,
 )
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from automl.search.algorithms import ALGORITHMS, SCHEDULERS, build_scheduler, build_searcher, check_combination, pbt_mutations
+from automl.search.algorithms import ALGORITHMS, SCHEDULERS, FinalReportPBT, build_scheduler, build_searcher, check_combination, pbt_mutations
 from automl.search.space import resolve_search_space, space_from_mapping
 from automl.spec.load import load_spec
 from model.errors import UserError
@@ -137,7 +138,7 @@ def test_pbt_draws_its_population_from_tune_domains(space):
         ("asha", AsyncHyperBandScheduler),
         ("hyperband", HyperBandScheduler),
         ("median", MedianStoppingRule),
-        ("pbt", PopulationBasedTraining),
+        ("pbt", FinalReportPBT),
         ("fifo", FIFOScheduler),
     ],
 )
@@ -157,6 +158,14 @@ def test_pbt_mutates_training_parameters_and_keeps_architecture(space):
     assert scheduler._perturbation_interval == 2
     perturbed = scheduler._custom_explore_fn({LR: 2e-3, HIDDEN: 256, FFN: 1024, SCHEDULE: "Cosine"})
     assert perturbed[LR] == pytest.approx(1e-3)
+
+
+def test_pbt_leaves_a_trials_last_report_alone(space):
+    # An exploit there would restart the trial with no epoch left to train; the trial ends as it is.
+    scheduler = build_scheduler("pbt", metric="PQ", mode="max", max_t=12, grace_period=2, space=space)
+    assert isinstance(scheduler, PopulationBasedTraining)
+    assert scheduler.on_trial_result(None, None, {"training_iteration": 12, "PQ": 1.0}) == TrialScheduler.CONTINUE
+    assert not scheduler._trial_state  # neither ranked nor perturbed
 
 
 def test_pbt_over_architecture_alone_is_refused():
