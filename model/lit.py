@@ -10,6 +10,7 @@ from typing import Any, Callable, Sequence
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.strategies import FSDPStrategy
 from torch import nn
 
 from model.criterion import SetCriterion
@@ -128,6 +129,17 @@ class Mask2FormerModule(pl.LightningModule):
         headline = {f"val/{k}": v for k, v in metrics.items() if "/" not in k}
         self.log_dict(headline, prog_bar=False, sync_dist=False, batch_size=1)
         self.validation_metrics = metrics
+
+    def configure_gradient_clipping(
+        self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
+    ) -> None:
+        # Under FSDP each rank holds a shard of the gradients: the norm must be reduced across
+        # ranks, which the sharded module's own clip_grad_norm_ does (Lightning's FSDP precision
+        # plugin refuses norm clipping instead).
+        if gradient_clip_val and gradient_clip_algorithm == "norm" and isinstance(self.trainer.strategy, FSDPStrategy):
+            self.trainer.strategy.model.clip_grad_norm_(gradient_clip_val)
+        else:
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self) -> dict:
         # PyTorch's default multi-tensor (foreach) update: Lightning refuses to clip gradients
