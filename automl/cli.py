@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from automl.lock import results_lock
+from automl.lock import is_launched_worker, results_lock
 from automl.spec import load_spec
 from automl.spec.load import check_writable
 from automl.spec.schema import DEFAULT_SCHEMA_DIR, write_schemas, write_tao_space
@@ -168,7 +168,8 @@ def launch(
     with results_lock(cfg.results_dir):
         from automl.preflight import check_training_data
 
-        check_training_data(cfg, console)
+        if not is_launched_worker():  # the launcher checked the data before it started this worker
+            check_training_data(cfg, console)
         if cfg.automl.policy == "off":
             from automl.launch import train_once
 

@@ -20,7 +20,8 @@ LOCK_FILE = ".lock"
 RANK_VARIABLES = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
 
 
-def _is_launched_worker() -> bool:
+def is_launched_worker() -> bool:
+    """True in a DDP worker that a launcher started by re-running the command (rank or node rank > 0)."""
     rank = next((os.environ[key] for key in RANK_VARIABLES if key in os.environ), "0")
     return int(rank) != 0 or int(os.environ.get("NODE_RANK", "0")) != 0
 
@@ -32,7 +33,7 @@ def results_lock(results_dir: str | os.PathLike) -> Iterator[None]:
     A DDP worker that Lightning starts by re-running the command (rank or node rank > 0) works
     under its launcher's lock and takes none.
     """
-    if _is_launched_worker():
+    if is_launched_worker():
         yield
         return
     folder = Path(results_dir)

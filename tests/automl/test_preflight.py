@@ -86,3 +86,25 @@ def test_the_benchmark_times_both_checks(tmp_path):
     result = module.main(["--num-images", "8", "--size", "32", "32", "--repeats", "1", "--out", str(tmp_path / "b.json")])
     assert [row["check"] for row in result["rows"]] == ["check_files", "check_dataset"]
     assert all(row["images"] == 6 and row["median_s"] > 0 for row in result["rows"])
+
+
+@pytest.mark.parametrize(("rank", "checked"), [({}, True), ({"LOCAL_RANK": "1"}, False), ({"NODE_RANK": "1"}, False)])
+def test_only_the_launching_process_checks_the_data(data, tmp_path, monkeypatch, rank, checked):
+    """DDP workers re-run the command: the launcher already checked every file, so they go straight to training."""
+    from typer.testing import CliRunner
+
+    import automl.launch
+    import automl.preflight
+    from automl.cli import app
+
+    for key in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in rank.items():
+        monkeypatch.setenv(key, value)
+    calls = []
+    monkeypatch.setattr(automl.preflight, "check_training_data", lambda spec, console=None: calls.append("checked"))
+    monkeypatch.setattr(automl.launch, "train_once", lambda spec, path: calls.append("trained"))
+    overrides = [*data_overrides(data), f"results_dir={tmp_path / 'results'}"]
+    result = CliRunner().invoke(app, ["launch", "-e", str(SMOKE_SPEC), "--policy", "off", *overrides])
+    assert result.exit_code == 0, result.output
+    assert calls == (["checked", "trained"] if checked else ["trained"])
