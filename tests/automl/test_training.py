@@ -97,7 +97,7 @@ def test_mlflow_holds_the_run_with_metrics_and_artifacts(trained_smoke):
 
 
 def test_a_rerun_resumes_at_the_right_step_with_the_same_lr_and_batches(smoke_spec):
-    spec = smoke_spec("train.num_epochs=4", "train.validation_interval=4")
+    spec = smoke_spec("train.num_epochs=3", "train.validation_interval=3")
     straight = Record()
     run_training(spec.copy(), callbacks=[straight], progress=False, keep_checkpoints=False)
 
@@ -129,7 +129,7 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_chec
                 with torch.no_grad():
                     next(pl_module.model.parameters()).fill_(float("nan"))
 
-    spec = smoke_spec("train.num_epochs=3")
+    spec = smoke_spec("train.num_epochs=3", "train.iters_per_epoch=1")
     with pytest.raises(NonFiniteLossError, match="training loss became nan at epoch 1"):
         run_training(spec, callbacks=[Poison()], progress=False)
     latest = train_dir(spec) / f"{LATEST_NAME}.pth"
@@ -139,7 +139,7 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_chec
 
 
 def test_pretrained_weights_load_with_a_report_of_skipped_keys(smoke_spec, tmp_path):
-    spec = smoke_spec("train.num_epochs=1")
+    spec = smoke_spec("train.num_epochs=1", "train.iters_per_epoch=1")
     run_training(spec, progress=False)
     from automl.training import build_label_map, build_module
 
@@ -195,12 +195,12 @@ def test_a_rerun_after_a_stop_in_epoch_1_moves_the_latest_link_to_the_newest_che
 
 
 def test_the_last_epoch_is_validated_when_num_epochs_is_not_a_multiple_of_the_interval(smoke_spec):
-    spec = smoke_spec("train.num_epochs=1")  # the smoke spec validates every 5 epochs
+    spec = smoke_spec("train.num_epochs=1", "train.iters_per_epoch=1")  # the smoke spec validates every 5 epochs
     result = run_training(spec, progress=False)
     assert "PQ" in result.metrics and result.best_checkpoint is not None and result.best_checkpoint.exists()
 
 
 def test_training_in_a_trial_writes_no_lightning_default_checkpoints(smoke_spec):
-    spec = smoke_spec("train.num_epochs=1")
+    spec = smoke_spec("train.num_epochs=1", "train.iters_per_epoch=1")
     run_training(spec, progress=False, keep_checkpoints=False)
     assert not list(train_dir(spec).rglob("*.ckpt"))
