@@ -250,8 +250,9 @@ def test_resume_without_a_sweep_is_refused(smoke_spec):
         run_sweep(smoke_spec(), SMOKE_SPEC, resume=True)
 
 
-def trial_workers():
-    found = subprocess.run(["pgrep", "-f", "ray::ImplicitFunc"], capture_output=True, text=True).stdout.split()
+def trial_workers(sweep):
+    # Only the sweep's session (it starts one): another Ray session on this machine, a parallel test's or a user's, is not ours to kill.
+    found = subprocess.run(["pgrep", "-s", str(sweep.pid), "-f", "ray::ImplicitFunc"], capture_output=True, text=True).stdout.split()
     return [int(pid) for pid in found]
 
 
@@ -267,9 +268,9 @@ def wait_for(condition, timeout=300, interval=0.5):
 
 def test_a_crashing_trial_is_retried_then_marked_failed_while_the_sweep_completes(synthetic_data, tmp_path):
     sweep = launch(["automl.num_samples=3", "automl.max_failures=1", "automl.max_epochs=5"], tmp_path, synthetic_data)
-    first = wait_for(trial_workers)[0]
+    first = wait_for(lambda: trial_workers(sweep))[0]
     os.kill(first, signal.SIGKILL)  # the trial's process dies (as on an OOM kill)
-    second = wait_for(lambda: [p for p in trial_workers() if p != first])[0]
+    second = wait_for(lambda: [p for p in trial_workers(sweep) if p != first])[0]
     os.kill(second, signal.SIGKILL)  # its retry dies too: max_failures=1 is spent
     output = sweep.communicate(timeout=600)[0]
     assert sweep.returncode == 0, output
