@@ -104,7 +104,9 @@ def ms_deform_attn(
 @functools.lru_cache(maxsize=64)
 def offset_normalizer(spatial_shapes: tuple[tuple[int, int], ...], device: torch.device) -> torch.Tensor:
     """(L, 2) float32 (W_l, H_l) on `device`; cached, so a fixed input size copies it to the device once."""
-    return torch.tensor([(width, height) for height, width in spatial_shapes], dtype=torch.float32, device=device)
+    # Made outside inference mode: a cached inference tensor would break every later training step in this process.
+    with torch.inference_mode(False):
+        return torch.tensor([(width, height) for height, width in spatial_shapes], dtype=torch.float32, device=device)
 
 
 class MSDeformAttn(nn.Module):

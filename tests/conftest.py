@@ -1,11 +1,14 @@
-"""Shared fixtures: the synthetic dataset (written once per session), the smoke spec pointed at it, an S3 server."""
+"""Shared fixtures: the synthetic dataset (written once per session), the smoke spec pointed at it, the smoke model
+trained once per session, an S3 server."""
 
 import subprocess
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
 
+from automl.launch import train_once
 from automl.spec import load_spec
 from automl.synthetic_data import data_overrides
 from model.data import write_synthetic_dataset
@@ -31,6 +34,28 @@ def smoke_spec(synthetic_data, tmp_path):
         return load_spec(SMOKE_SPEC, [*data_overrides(synthetic_data, val_split), f"results_dir={tmp_path / 'results'}", *overrides], action=action)
 
     return load
+
+
+class EpochLosses(pl.Callback):
+    """The training loss at the end of each epoch."""
+
+    def __init__(self):
+        self.losses: list[float] = []
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.losses.append(float(trainer.callback_metrics["train/loss"]))
+
+
+@pytest.fixture(scope="session")
+def trained_smoke(synthetic_data, tmp_path_factory):
+    """(spec, TrainResult, per-epoch losses) of the smoke model trained 30 epochs (validated at 15 and 30) on its own
+    training images, tracked in MLflow: the one trained model that read-only tests of training and deployment share."""
+    results = tmp_path_factory.mktemp("trained")
+    overrides = [*data_overrides(synthetic_data, val_split="train"), f"results_dir={results}", "train.num_epochs=30", "train.validation_interval=15"]
+    spec = load_spec(SMOKE_SPEC, overrides, action="train")
+    losses = EpochLosses()
+    result = train_once(spec, SMOKE_SPEC, progress=False, callbacks=[losses])
+    return spec, result, losses.losses
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ from tests.conftest import SMOKE_SPEC, data_overrides
 
 def test_two_process_ddp_training_and_its_merged_validation_metrics(synthetic_data, smoke_spec, tmp_path):
     results = tmp_path / "results"
-    overrides = [*data_overrides(synthetic_data), f"results_dir={results}", "train.num_gpus=2", "train.num_epochs=4", "train.validation_interval=4"]
+    overrides = [*data_overrides(synthetic_data), f"results_dir={results}", "train.num_gpus=2", "train.num_epochs=2", "train.validation_interval=2"]
     run = subprocess.run(
         [sys.executable, "-m", "automl.cli", "launch", "-e", str(SMOKE_SPEC), "--policy", "off", *overrides], capture_output=True, text=True, timeout=600
     )
@@ -22,8 +22,8 @@ def test_two_process_ddp_training_and_its_merged_validation_metrics(synthetic_da
     client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
     [logged] = client.search_runs([client.get_experiment_by_name("synthetic_smoke").experiment_id])
     assert logged.info.status == "FINISHED"
-    # 18 training images, batch 4 per process, 2 processes: 3 steps an epoch.
-    assert [m.step for m in client.get_metric_history(logged.info.run_id, "val/mIoU")] == [12]
+    # 18 training images, batch 4 per process, 2 processes: 3 steps an epoch, validated after 2 epochs.
+    assert [m.step for m in client.get_metric_history(logged.info.run_id, "val/mIoU")] == [6]
 
     single = evaluate_checkpoint(smoke_spec(), "latest")  # one process scores all 6 validation images
     for key in ("PQ", "mIoU", "AP", "pACC"):

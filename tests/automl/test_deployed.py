@@ -11,22 +11,20 @@ from automl.actions.evaluate import evaluate_checkpoint
 from automl.actions.export import run_export
 from automl.actions.inference import run_inference
 from automl.actions.quantize import run_quantize
-from automl.launch import train_once
 from automl.spec import load_spec
 from model.errors import UserError
 from tests.conftest import SMOKE_SPEC, data_overrides
 
-# Validation on the training images: 30 epochs of the tiny model reach a PQ worth comparing (see test_training.py).
 EXPORT_SIZE = ["export.input_height=128", "export.input_width=128"]  # the synthetic images are 128 x 128
 
 
 @pytest.fixture(scope="module")
-def trained(synthetic_data, tmp_path_factory):
-    """(spec, checkpoint, onnx file) of the smoke model trained 30 epochs, validated on its training images."""
-    results = tmp_path_factory.mktemp("deployed")
-    overrides = [*data_overrides(synthetic_data, val_split="train"), f"results_dir={results}", "train.num_epochs=30", "train.validation_interval=30"]
-    spec = load_spec(SMOKE_SPEC, overrides, action="train")
-    checkpoint = str(train_once(spec, SMOKE_SPEC, progress=False).best_checkpoint)
+def trained(trained_smoke, synthetic_data, tmp_path_factory):
+    """(spec, checkpoint, onnx file) of the session's trained smoke model (validated on its training images: a PQ
+    worth comparing), exported under a results_dir of this module's own."""
+    _, result, _ = trained_smoke
+    checkpoint = str(result.best_checkpoint)
+    overrides = [*data_overrides(synthetic_data, val_split="train"), f"results_dir={tmp_path_factory.mktemp('deployed')}"]
     spec = load_spec(SMOKE_SPEC, [*overrides, f"export.checkpoint={checkpoint}", *EXPORT_SIZE], action="export")
     return spec, checkpoint, run_export(spec).path
 

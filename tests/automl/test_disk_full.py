@@ -18,7 +18,7 @@ def test_a_full_disk_while_saving_a_checkpoint_leaves_no_partial_file_and_a_one_
 
     monkeypatch.setattr(torch, "save", save_until_the_disk_fills)
     monkeypatch.setenv("COLUMNS", "400")
-    monkeypatch.setattr(sys, "argv", ["automl", "launch", "-e", str(SMOKE_SPEC), "--policy", "off", *data_overrides(synthetic_data), f"results_dir={tmp_path}", "train.num_epochs=1"])
+    monkeypatch.setattr(sys, "argv", ["automl", "launch", "-e", str(SMOKE_SPEC), "--policy", "off", *data_overrides(synthetic_data), f"results_dir={tmp_path}", "train.num_epochs=1", "train.iters_per_epoch=1"])
     with pytest.raises(SystemExit) as stop:
         main()
     assert stop.value.code == 1

@@ -15,7 +15,7 @@ from automl.sweep import run_sweep
 from automl.tracking import REGISTERED_MODEL, tracking_uri
 from tests.conftest import SMOKE_SPEC, data_overrides
 
-SWEEP = ["automl.num_samples=2", "automl.max_concurrent=2", "automl.max_epochs=2", "train.validation_interval=1", "automl.grace_period=1",
+SWEEP = ["automl.num_samples=2", "automl.max_concurrent=2", "automl.max_epochs=2", "train.iters_per_epoch=1", "train.validation_interval=1", "automl.grace_period=1",
          "automl.export_best=true", "export.input_height=128", "export.input_width=128"]
 
 LOAD = """

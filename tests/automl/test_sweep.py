@@ -160,7 +160,7 @@ def finished_children(uri):
 
 def test_an_interrupted_sweep_resumes_and_accounts_for_every_trial(synthetic_data, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    first = launch([], tmp_path, synthetic_data)
+    first = launch(["automl.max_epochs=5"], tmp_path, synthetic_data)  # one validation a trial: the resume is what is tested
     deadline = time.time() + 300
     while len(finished_children(uri)) < 2 and time.time() < deadline and first.poll() is None:
         time.sleep(2)
@@ -171,7 +171,7 @@ def test_an_interrupted_sweep_resumes_and_accounts_for_every_trial(synthetic_dat
     done_before = len(finished_children(uri))
     assert 2 <= done_before < 5
 
-    second = launch(["--resume"], tmp_path, synthetic_data)
+    second = launch(["--resume", "automl.max_epochs=5"], tmp_path, synthetic_data)
     output = second.communicate(timeout=600)[0]
     assert second.returncode == 0, output
     client = MlflowClient(uri)
@@ -250,8 +250,9 @@ def test_resume_without_a_sweep_is_refused(smoke_spec):
         run_sweep(smoke_spec(), SMOKE_SPEC, resume=True)
 
 
-def trial_workers():
-    found = subprocess.run(["pgrep", "-f", "ray::ImplicitFunc"], capture_output=True, text=True).stdout.split()
+def trial_workers(sweep):
+    # Only the sweep's session (it starts one): another Ray session on this machine, a parallel test's or a user's, is not ours to kill.
+    found = subprocess.run(["pgrep", "-s", str(sweep.pid), "-f", "ray::ImplicitFunc"], capture_output=True, text=True).stdout.split()
     return [int(pid) for pid in found]
 
 
@@ -266,10 +267,10 @@ def wait_for(condition, timeout=300, interval=0.5):
 
 
 def test_a_crashing_trial_is_retried_then_marked_failed_while_the_sweep_completes(synthetic_data, tmp_path):
-    sweep = launch(["automl.num_samples=3", "automl.max_failures=1"], tmp_path, synthetic_data)
-    first = wait_for(trial_workers)[0]
+    sweep = launch(["automl.num_samples=3", "automl.max_failures=1", "automl.max_epochs=5"], tmp_path, synthetic_data)
+    first = wait_for(lambda: trial_workers(sweep))[0]
     os.kill(first, signal.SIGKILL)  # the trial's process dies (as on an OOM kill)
-    second = wait_for(lambda: [p for p in trial_workers() if p != first])[0]
+    second = wait_for(lambda: [p for p in trial_workers(sweep) if p != first])[0]
     os.kill(second, signal.SIGKILL)  # its retry dies too: max_failures=1 is spent
     output = sweep.communicate(timeout=600)[0]
     assert sweep.returncode == 0, output

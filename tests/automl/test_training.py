@@ -10,28 +10,22 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from automl.actions.evaluate import evaluate_checkpoint, resolve_checkpoint
-from automl.launch import train_once
-from automl.spec import load_spec
 from automl.tracking import tracking_uri
 from automl.training import BEST_NAME, LATEST_NAME, run_training, train_dir
 from model.checkpoint import load_weights, read_checkpoint
 from model.errors import UserError
 from model.errors import NonFiniteLossError
-from tests.conftest import SMOKE_SPEC, data_overrides
 
 
 class Record(pl.Callback):
-    """Per optimiser step: (epoch, step, head lr, dataset indices of the batch); per epoch the loss."""
+    """Per optimiser step: (epoch, step, head lr, dataset indices of the batch)."""
 
     def __init__(self):
-        self.steps, self.losses = [], []
+        self.steps = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         lr = max(group["lr"] for group in trainer.optimizers[0].param_groups)
         self.steps.append((trainer.current_epoch, trainer.global_step, lr, tuple(batch["indices"])))
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        self.losses.append(float(trainer.callback_metrics["train/loss"]))
 
 
 class StopAfter(pl.Callback):
@@ -45,28 +39,17 @@ class StopAfter(pl.Callback):
             trainer.should_stop = True
 
 
-@pytest.fixture(scope="module")
-def trained(synthetic_data, tmp_path_factory):
-    """30 epochs of the tiny model, validated on its own training images, tracked in MLflow."""
-    results = tmp_path_factory.mktemp("trained")
-    overrides = [*data_overrides(synthetic_data, val_split="train"), f"results_dir={results}", "train.num_epochs=30", "train.validation_interval=15"]
-    spec = load_spec(SMOKE_SPEC, overrides, action="train")
-    record = Record()
-    result = train_once(spec, SMOKE_SPEC, progress=False, callbacks=[record])
-    return spec, result, record
-
-
-def test_training_lowers_the_loss_and_lifts_train_pq_well_above_an_untrained_model(trained):
-    spec, result, record = trained
-    assert record.losses[-1] < 0.6 * record.losses[0]
+def test_training_lowers_the_loss_and_lifts_train_pq_well_above_an_untrained_model(trained_smoke):
+    spec, result, losses = trained_smoke
+    assert losses[-1] < 0.6 * losses[0]
     untrained = evaluate_checkpoint(spec, None)
     assert untrained["PQ"] < 5.0
     assert result.metrics["PQ"] > untrained["PQ"] + 25.0
     assert result.metrics["mIoU"] > untrained["mIoU"] + 25.0
 
 
-def test_checkpoints_are_named_by_epoch_and_step_with_a_latest_link(trained):
-    spec, result, _ = trained
+def test_checkpoints_are_named_by_epoch_and_step_with_a_latest_link(trained_smoke):
+    spec, result, _ = trained_smoke
     directory = train_dir(spec)
     steps_per_epoch = math.ceil(18 / spec.dataset.train.batch_size)
     names = sorted(p.name for p in directory.glob("model_epoch_*.pth"))
@@ -81,22 +64,22 @@ def test_checkpoints_are_named_by_epoch_and_step_with_a_latest_link(trained):
     assert (directory / f"{BEST_NAME}.pth").exists()
 
 
-def test_evaluate_reproduces_the_metrics_of_the_last_validation(trained):
-    spec, result, _ = trained
+def test_evaluate_reproduces_the_metrics_of_the_last_validation(trained_smoke):
+    spec, result, _ = trained_smoke
     metrics = evaluate_checkpoint(spec, "latest")
     for key in ("PQ", "SQ", "RQ", "mIoU", "AP"):
         assert metrics[key] == pytest.approx(result.metrics[key], abs=1e-6), key
 
 
-def test_checkpoint_best_of_a_plain_run_is_its_best_validation(trained):
-    spec, result, _ = trained
+def test_checkpoint_best_of_a_plain_run_is_its_best_validation(trained_smoke):
+    spec, result, _ = trained_smoke
     assert resolve_checkpoint(spec, "best") == train_dir(spec) / f"{BEST_NAME}.pth"  # no sweep winner in this results_dir
     metrics = evaluate_checkpoint(spec, "best")
     assert metrics["PQ"] == pytest.approx(result.best_metrics["PQ"], abs=1e-6)
 
 
-def test_mlflow_holds_the_run_with_metrics_and_artifacts(trained):
-    spec, result, _ = trained
+def test_mlflow_holds_the_run_with_metrics_and_artifacts(trained_smoke):
+    spec, result, _ = trained_smoke
     client = MlflowClient(tracking_uri(spec))
     [run] = client.search_runs([client.get_experiment_by_name("synthetic_smoke").experiment_id])
     assert run.info.status == "FINISHED"
@@ -114,7 +97,7 @@ def test_mlflow_holds_the_run_with_metrics_and_artifacts(trained):
 
 
 def test_a_rerun_resumes_at_the_right_step_with_the_same_lr_and_batches(smoke_spec):
-    spec = smoke_spec("train.num_epochs=4", "train.validation_interval=4")
+    spec = smoke_spec("train.num_epochs=3", "train.validation_interval=3")
     straight = Record()
     run_training(spec.copy(), callbacks=[straight], progress=False, keep_checkpoints=False)
 
@@ -146,7 +129,7 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_chec
                 with torch.no_grad():
                     next(pl_module.model.parameters()).fill_(float("nan"))
 
-    spec = smoke_spec("train.num_epochs=3")
+    spec = smoke_spec("train.num_epochs=3", "train.iters_per_epoch=1")
     with pytest.raises(NonFiniteLossError, match="training loss became nan at epoch 1"):
         run_training(spec, callbacks=[Poison()], progress=False)
     latest = train_dir(spec) / f"{LATEST_NAME}.pth"
@@ -156,7 +139,7 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_chec
 
 
 def test_pretrained_weights_load_with_a_report_of_skipped_keys(smoke_spec, tmp_path):
-    spec = smoke_spec("train.num_epochs=1")
+    spec = smoke_spec("train.num_epochs=1", "train.iters_per_epoch=1")
     run_training(spec, progress=False)
     from automl.training import build_label_map, build_module
 
@@ -212,12 +195,12 @@ def test_a_rerun_after_a_stop_in_epoch_1_moves_the_latest_link_to_the_newest_che
 
 
 def test_the_last_epoch_is_validated_when_num_epochs_is_not_a_multiple_of_the_interval(smoke_spec):
-    spec = smoke_spec("train.num_epochs=1")  # the smoke spec validates every 5 epochs
+    spec = smoke_spec("train.num_epochs=1", "train.iters_per_epoch=1")  # the smoke spec validates every 5 epochs
     result = run_training(spec, progress=False)
     assert "PQ" in result.metrics and result.best_checkpoint is not None and result.best_checkpoint.exists()
 
 
 def test_training_in_a_trial_writes_no_lightning_default_checkpoints(smoke_spec):
-    spec = smoke_spec("train.num_epochs=1")
+    spec = smoke_spec("train.num_epochs=1", "train.iters_per_epoch=1")
     run_training(spec, progress=False, keep_checkpoints=False)
     assert not list(train_dir(spec).rglob("*.ckpt"))

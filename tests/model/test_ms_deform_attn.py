@@ -112,3 +112,14 @@ def test_bfloat16_values_with_float32_locations_sample_in_float32():
 
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out, ms_deform_attn_reference(value.float(), shapes, locations, weights).bfloat16())
+
+
+def test_training_after_inference_on_the_same_sizes_in_one_process_backpropagates():
+    # Evaluate or export (inference mode) then train in one process: nothing cached for these sizes may be an inference tensor.
+    attn = MSDeformAttn(d_model=16, n_levels=2, n_heads=4, n_points=3)
+    shapes = [(5, 7), (3, 4)]  # sizes no other test uses, so that inference mode is the first to see them
+    memory, query, reference = torch.randn(1, 47, 16), torch.randn(1, 47, 16), torch.rand(1, 47, 2, 2)
+    with torch.inference_mode():
+        attn(query, reference, memory, shapes)
+    attn(query, reference, memory, shapes).sum().backward()  # the sampling offsets' gradient divides by the cached sizes
+    assert attn.sampling_offsets.weight.grad.abs().sum() > 0
