@@ -289,9 +289,11 @@ def plan_cases(args: argparse.Namespace, seconds: float) -> list[tuple[str, floa
     """(case, planned seconds) for the cases that fit `seconds`, in order; the planned sweeps share what is left."""
     plan, left = [], seconds
     for case in [c for c in wanted_cases(args) if not c.startswith("sweep:")]:
-        if left >= args.case_s:
-            plan.append((case, float(args.case_s)))
-            left -= args.case_s
+        # Lightning starts the other ranks only once the first reaches fit: start-up grows with the ranks.
+        planned = args.case_s + (int(case.partition(":")[2]) - 1) * args.startup_s_per_rank
+        if left >= planned:
+            plan.append((case, planned))
+            left -= planned
     sweeps = [c for c in wanted_cases(args) if c.startswith("sweep:")][: int(left // (args.sweep_s + STOP_S))]
     return plan + [(case, left / len(sweeps)) for case in sweeps]
 
@@ -338,7 +340,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--val-global-batch", type=int, default=8)
     p.add_argument("--sweep-resources", nargs="+", default=["{gpu: 4}", "{gpu: 1}", "{gpu: 0.5}", "{gpu: auto}"])
     p.add_argument("--sweep-epochs", type=int, default=4, help="automl.max_epochs of the sweeps")
-    p.add_argument("--case-s", type=float, default=65.0, help="seconds planned per training case, start-up included")
+    p.add_argument("--case-s", type=float, default=65.0, help="seconds planned per one-GPU training case, start-up included")
+    p.add_argument("--startup-s-per-rank", type=float, default=20.0, help="seconds added to a training case's plan per GPU beyond the first (measured: 16 s per rank on 4 H200s)")
     p.add_argument("--sweep-s", type=float, default=75.0, help="the least running time of a sweep worth planning")
     p.add_argument("--budget-s", type=float, default=540.0, help="wall time of the whole call, data included")
     p.add_argument("--override", nargs="*", default=[], help="extra dotted spec overrides for every run")
