@@ -124,7 +124,7 @@ def measure(name: str, spec: Any, args: argparse.Namespace, work: Path) -> dict[
         return {**row, "skipped": "torchao does not import here (pip install torchao==0.18.0, as pyproject pins it)"}
     on_cpu = name in CPU_VARIANTS
     device = torch.device("cpu" if on_cpu else args.device)
-    row["runs_on"] = f"cpu ({os.cpu_count()} cores)" if device.type == "cpu" else torch.cuda.get_device_name(device)
+    row["runs_on"] = f"cpu ({len(os.sched_getaffinity(0))} cores)" if device.type == "cpu" else torch.cuda.get_device_name(device)
     started = time.monotonic()
     try:
         predictor = build_variant(name, spec.copy(), args.checkpoint, args.size, device, work)
@@ -236,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     spec = load_spec(args.spec, [f"results_dir={args.work}", *args.overrides], action="evaluate", need_checkpoint=False)
     result: dict[str, Any] = {
         "machine": platform.node(), "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(), "torch": torch.__version__, "checkpoint": args.checkpoint, "spec": args.spec, "size": args.size,
+        "cpu_count": os.cpu_count(), "cores_usable": len(os.sched_getaffinity(0)), "torch": torch.__version__, "checkpoint": args.checkpoint, "spec": args.spec, "size": args.size,
         "batches": args.batch, "note": args.note, "rows": [],
     }  # fmt: skip
     print("| variant | " + " | ".join(f"batch {b}" for b in args.batch) + " | metrics |", flush=True)

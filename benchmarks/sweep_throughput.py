@@ -63,6 +63,8 @@ class GpuSampler:
         if shutil.which("nvidia-smi"):
             self.file = path.open("w")
             query = ["nvidia-smi", "--query-gpu=timestamp,index,utilization.gpu,memory.used", "--format=csv,noheader,nounits", "-lms", "500"]
+            if os.environ.get("CUDA_VISIBLE_DEVICES"):  # only the GPUs the sweep may use (nvidia-smi ignores the variable)
+                query += ["-i", os.environ["CUDA_VISIBLE_DEVICES"]]
             self.process = subprocess.Popen(query, stdout=self.file, stderr=subprocess.DEVNULL)
 
     def stop(self) -> list[dict[str, float]]:

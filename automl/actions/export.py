@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from automl.actions.evaluate import resolve_checkpoint, spec_for_checkpoint
+from automl.actions.predictors import onnx_session
 from automl.actions.quantize import prepare_for_checkpoint
 from automl.spec.model_args import build_network, build_split_dataset, data_cache_dir
 from automl.training import build_label_map
@@ -129,9 +130,7 @@ def export_onnx(graph: torch.nn.Module, example: torch.Tensor, path: Path, opset
 
 
 def run_onnx(path: Path) -> Callable[[torch.Tensor], dict[str, np.ndarray]]:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = onnx_session(path, ["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     return lambda images: dict(zip(names, session.run(None, {INPUT_NAME: images.numpy()})))
 

@@ -8,6 +8,7 @@ AOTInductor package (.pt2) and a TensorRT engine. Each knows its input size (H, 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Iterator, Protocol, Sequence
 
@@ -45,15 +46,24 @@ def task_of_outputs(names: Sequence[str], path: Path) -> str:
     raise UserError(f"{path}: outputs {list(names)} are not those of a Mask2Former export ({', '.join(f'{m}: {list(n)}' for m, n in OUTPUT_NAMES.items())})")
 
 
+def onnx_session(path: Path, providers: Sequence[str]) -> Any:
+    """An ONNX Runtime session of `path` on the first available of `providers`, its CPU threads as
+    many as the cores this process may run on (ONNX Runtime counts the machine's cores, which
+    oversubscribes a process confined by taskset or a container's cpuset)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return ort.InferenceSession(str(path), options, providers=[p for p in providers if p in ort.get_available_providers()])
+
+
 class OnnxPredictor:
     """providers: ONNX Runtime's execution providers in order of preference (default: CUDA when there is a GPU, then CPU)."""
 
     def __init__(self, path: Path, providers: Sequence[str] | None = None):
-        import onnxruntime as ort
-
         wanted = providers or (["CUDAExecutionProvider", "CPUExecutionProvider"] if torch.cuda.is_available() else ["CPUExecutionProvider"])
         try:
-            self.session = ort.InferenceSession(str(path), providers=[p for p in wanted if p in ort.get_available_providers()])
+            self.session = onnx_session(path, wanted)
         except Exception as err:  # onnxruntime raises its own types for unreadable or invalid files
             raise UserError(f"{path}: not a readable ONNX model ({err})") from None
         self.names = [o.name for o in self.session.get_outputs()]
