@@ -9,6 +9,7 @@ model registry (`automl.model_registry`).
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -41,6 +42,7 @@ from automl.sweep_tracking import MlflowSweepCallback, log_baseline, log_winner
 from automl.tracking import RUNS_VIEW, Tracker, run_tags
 from automl.training import BEST_NAME, build_label_map, target_metric
 from automl.trial import CHECKPOINT_FILE, STATUS_KEY, run_trial
+from model.checkpoint import without_training_state
 from model.data.files import is_remote, redact
 from model.errors import UserError
 
@@ -384,8 +386,11 @@ def _checkpoint_of(best: Any, row: Any, metric: str, mode: str) -> tune.Checkpoi
 
 
 def _prune_checkpoints(results: Any, metric: str, mode: str, keep_top_k: int, validations: int) -> None:
-    """Once the sweep has ended: each trial keeps its best and its latest checkpoint; trials
-    stopped early keep none unless among the top `keep_top_k` by metric."""
+    """Once the sweep has ended, each trial keeps what can still be used: one that ran all its
+    validations, or was stopped early but is among the top `keep_top_k` by metric, the checkpoint
+    of its best validation as weights only (an ended trial is never resumed, so its optimiser state
+    goes); other early-stopped trials none; a failed one its best and latest in full, from which a
+    resumed sweep retries it."""
     scored = []
     for result in results:
         if result.metrics_dataframe is None or metric not in result.metrics_dataframe:
@@ -397,21 +402,41 @@ def _prune_checkpoints(results: Any, metric: str, mode: str, keep_top_k: int, va
     ranked = sorted((s for s in scored if s[0] == s[0]), key=lambda s: s[0], reverse=mode == "max")
     top = {id(result) for _, _, result in ranked[:keep_top_k]}
     for _, finished, result in scored:
-        keep = _best_and_latest(result, metric, mode) if finished or id(result) in top else set()
+        failed = result.error is not None
+        keep = _best_and_latest(result, metric, mode, latest=failed) if failed or finished or id(result) in top else set()
         for entry in result.filesystem.get_file_info(pyarrow.fs.FileSelector(result.path)):
-            if entry.type == pyarrow.fs.FileType.Directory and entry.base_name.startswith("checkpoint_") and entry.base_name not in keep:
+            if entry.type != pyarrow.fs.FileType.Directory or not entry.base_name.startswith("checkpoint_"):
+                continue
+            if entry.base_name not in keep:
                 result.filesystem.delete_dir(entry.path)
+            elif not failed:
+                _drop_training_state(result.filesystem, f"{entry.path}/{CHECKPOINT_FILE}")
 
 
-def _best_and_latest(result: Any, metric: str, mode: str) -> set[str]:
-    """Folder names of the trial's checkpoint at its best validation and of its latest one."""
+def _best_and_latest(result: Any, metric: str, mode: str, latest: bool) -> set[str]:
+    """Folder names of the trial's checkpoint at its best validation (its latest when none scored)
+    and, when `latest`, of its latest one."""
     sign = 1.0 if mode == "max" else -1.0
     scored = [(checkpoint, metrics.get(metric)) for checkpoint, metrics in result.best_checkpoints]
     finite = [(c, v) for c, v in scored if isinstance(v, (int, float)) and math.isfinite(v)]
     keep = {Path(max(finite, key=lambda cv: sign * cv[1])[0].path).name} if finite else set()
-    if result.checkpoint is not None:
+    if result.checkpoint is not None and (latest or not keep):
         keep.add(Path(result.checkpoint.path).name)
     return keep
+
+
+def _drop_training_state(filesystem: pyarrow.fs.FileSystem, path: str) -> None:
+    """Rewrite the checkpoint file `path` (local or in the sweep's object store) as weights only,
+    through a temporary file moved over it, so that a kill leaves the old file or the new one."""
+    if filesystem.get_file_info(path).type != pyarrow.fs.FileType.File:
+        return
+    with filesystem.open_input_file(path) as f:
+        checkpoint = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
+    buffer = io.BytesIO()
+    torch.save(without_training_state(checkpoint), buffer)
+    with filesystem.open_output_stream(f"{path}.tmp") as f:
+        f.write(buffer.getvalue())
+    filesystem.move(f"{path}.tmp", path)
 
 
 def _trials_done(results: Any) -> int:

@@ -225,6 +225,7 @@ def build_datamodule(spec: DictConfig, label_map: LabelMap, *, with_train: bool 
         num_workers=spec.dataset.train.num_workers,
         pin_memory=spec.dataset.pin_memory,
         seed=max(spec.train.seed, 0),
+        full_train_batches=spec.train.cuda_graph,
     )
 
 

@@ -13,6 +13,7 @@ Data wait is the host time between one training batch's end and the next one's s
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import threading
@@ -111,6 +112,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "data_wait_ms_per_step": sum(e["data_wait_s"] for e in measured) / steps * 1e3,
         "gpu_busy_percent": statistics.fmean(inside) if inside else None,
         "gpu_busy_samples": len(inside),
+        "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
+        "cores_usable": len(os.sched_getaffinity(0)),
         "epochs": [{k: v for k, v in e.items() if k not in ("start", "end")} | {"wall_s": e["end"] - e["start"]} for e in measured],
     }
     print(

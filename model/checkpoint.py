@@ -20,6 +20,10 @@ from model.errors import ArgumentError, UserError
 log = logging.getLogger(__name__)
 MODULE_PREFIX = "model."  # the network's attribute in the LightningModule
 CLASS_HEAD = "transformer_decoder.class_embed.weight"  # (num_classes + 1, hidden_dim)
+# What evaluation, export and fine-tuning read from a training checkpoint; the rest of it
+# (optimiser, scheduler, loop and data-order state: two thirds of its bytes with AdamW) serves only
+# an exact resume.
+WEIGHTS_KEYS = ("state_dict", "spec", "epoch", "global_step", "pytorch-lightning_version")
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -39,6 +43,11 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(checkpoint, dict):
         raise UserError(f"{path}: expected a checkpoint dict, got {type(checkpoint).__name__}")
     return checkpoint
+
+
+def without_training_state(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint with only its WEIGHTS_KEYS: loadable for evaluation, export and fine-tuning, not for resuming."""
+    return {key: value for key, value in checkpoint.items() if key in WEIGHTS_KEYS}
 
 
 def network_state_dict(checkpoint: dict[str, Any], prefixes: Sequence[str] = (MODULE_PREFIX,)) -> dict[str, torch.Tensor]:

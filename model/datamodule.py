@@ -80,6 +80,8 @@ class SegmentationDataModule(pl.LightningDataModule):
         collate: the batch collate of `model.data` (pads to multiples of 32).
         train_batch_size, val_batch_size, num_workers, pin_memory: loader settings per process.
         seed: the data-order seed.
+        full_train_batches: drop an epoch's last, smaller training batch (a CUDA-graph step
+            replays one batch shape; any other runs eagerly, with memory of its own).
     """
 
     def __init__(
@@ -93,11 +95,13 @@ class SegmentationDataModule(pl.LightningDataModule):
         num_workers: int,
         pin_memory: bool = True,
         seed: int = 0,
+        full_train_batches: bool = False,
     ):
         super().__init__()
         self.train_set, self.val_set, self.collate = train_set, val_set, collate
         self.train_batch_size, self.val_batch_size = train_batch_size, val_batch_size
         self.num_workers, self.pin_memory, self.seed = num_workers, pin_memory and torch.cuda.is_available(), seed
+        self.full_train_batches = full_train_batches
         self.train_sampler: EpochShuffleSampler | None = None
         self.resume_skip_batches = 0
 
@@ -120,13 +124,13 @@ class SegmentationDataModule(pl.LightningDataModule):
         world, rank = self._replicas()
         self.train_sampler = EpochShuffleSampler(len(self.train_set), self.seed, world, rank)
         self.train_sampler.skip = self.resume_skip_batches * self.train_batch_size
-        return self._loader(self.train_set, self.train_batch_size, self.train_sampler, self.collate)
+        return self._loader(self.train_set, self.train_batch_size, self.train_sampler, self.collate, drop_last=self.full_train_batches)
 
     def val_dataloader(self) -> DataLoader:
         world, rank = self._replicas()
         return self._loader(WithGroundTruth(self.val_set), self.val_batch_size, ShardSampler(len(self.val_set), world, rank), GroundTruthCollate(self.collate))
 
-    def _loader(self, dataset: Dataset, batch_size: int, sampler: Sampler, collate: Callable) -> DataLoader:
+    def _loader(self, dataset: Dataset, batch_size: int, sampler: Sampler, collate: Callable, drop_last: bool = False) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=batch_size,
@@ -134,7 +138,7 @@ class SegmentationDataModule(pl.LightningDataModule):
             collate_fn=collate,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
-            drop_last=False,
+            drop_last=drop_last,
             persistent_workers=self.num_workers > 0,
         )
 

@@ -26,10 +26,10 @@ def smoke_network() -> torch.nn.Module:
     return build_network(spec.model).cuda().train()
 
 
-def forward_backward(call, network: torch.nn.Module, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Outputs (cloned: a replay overwrites them) and parameter gradients, under bf16 autocast, of
-    a loss using every output."""
-    with torch.autocast("cuda", dtype=torch.bfloat16):
+def forward_backward(call, network: torch.nn.Module, images: torch.Tensor, bf16: bool = True) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Outputs (cloned: a replay overwrites them) and parameter gradients, under bf16 autocast
+    (or in float32), of a loss using every output."""
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
         outputs = call(images)
         leaves = [outputs["pred_logits"], outputs["pred_masks"]] + [t for aux in outputs["aux_outputs"] for t in aux.values()]
         loss = sum((leaf.float().sin() * (i + 1)).mean() for i, leaf in enumerate(leaves))
@@ -49,15 +49,18 @@ def test_replayed_training_step_gives_the_eager_outputs_and_gradients():
     generator = torch.Generator().manual_seed(1)
     for _ in range(2):  # the second batch is copied into the captured input
         images = torch.randn(2, 3, 128, 128, generator=generator).cuda()
+        _, exact_grads = forward_backward(network, network, images, bf16=False)
         eager_out, eager_grads = forward_backward(network, network, images)
         graph_out, graph_grads = forward_backward(graphed, network, images)
         with torch.autocast("cuda", dtype=torch.bfloat16):
             assert graphed.replays(images)
-        assert len(graph_grads) == len(eager_grads) > 0
+        assert len(graph_grads) == len(eager_grads) == len(exact_grads) > 0
         for g, e in zip(graph_out, eager_out):
             assert relative_error(g, e) < 1e-3
-        for g, e in zip(graph_grads, eager_grads):  # float32 atomics in the deformable attention backward
-            assert relative_error(g, e) < 1e-2
+        # bf16 backward sums round differently under capture (other GEMM algorithms): each graphed
+        # gradient must be as close to the float32 one as the eager bf16 gradient is
+        for g, e, exact in zip(graph_grads, eager_grads, exact_grads):
+            assert relative_error(g, exact) <= 1.5 * relative_error(e, exact) + 1e-3
 
 
 def test_another_input_shape_or_eval_mode_runs_eagerly():
