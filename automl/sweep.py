@@ -112,6 +112,7 @@ def trial_resources(spec: DictConfig) -> dict[str, float]:
 
 def run_sweep(spec: DictConfig, spec_path: str | os.PathLike | None, resume: bool = False) -> SweepResult:
     """Run (or with `resume`, continue) the sweep the spec describes; returns its winner."""
+    started = time.monotonic()
     sweep = _prepare(spec, spec_path)  # every spec and search-space error before Ray starts
     store = _locate(sweep, resume)
     searcher = _build_searcher(sweep, resume)
@@ -121,7 +122,7 @@ def run_sweep(spec: DictConfig, spec_path: str | os.PathLike | None, resume: boo
     label_map = build_label_map(sweep.spec)
     if sweep.spec.automl.baseline and not resume:
         _log_baseline(sweep, tracker, parent_id, label_map)
-    results = _fit(sweep, store, searcher, tracker, parent_id, label_map, resume)
+    results = _fit(sweep, store, searcher, tracker, parent_id, label_map, resume, started)
     _check_complete(results, sweep, store, tracker, parent_id)
     outcome = _select_best(results, sweep.metric, sweep.mode, sweep.spec)
     _prune_checkpoints(results, sweep.metric, sweep.mode, sweep.spec.automl.keep_top_k, sweep.validations)
@@ -236,8 +237,12 @@ def _trainable(sweep: _Sweep, label_map: Any) -> Any:
     )  # fmt: skip
 
 
-def _fit(sweep: _Sweep, store: _Store, searcher: Any, tracker: Tracker, parent_id: str, label_map: Any, resume: bool) -> tune.ResultGrid:
-    """Run the trials on Ray (started here unless automl.ray_address names a cluster), signing the state Tune saved."""
+def _fit(
+    sweep: _Sweep, store: _Store, searcher: Any, tracker: Tracker, parent_id: str, label_map: Any, resume: bool, started: float
+) -> tune.ResultGrid:
+    """Run the trials on Ray (started here unless automl.ray_address names a cluster), signing the state Tune saved.
+
+    started: time.monotonic() at the sweep's start, for the line that says how long it took to reach its trials."""
     trainable = _trainable(sweep, label_map)
     workers = trial_workers(sweep.spec)
     train_gpus = float(workers) if workers > 1 and torch.cuda.is_available() else 0.0
@@ -250,6 +255,7 @@ def _fit(sweep: _Sweep, store: _Store, searcher: Any, tracker: Tracker, parent_i
             )
         else:
             tuner = _new_tuner(sweep, store, trainable, searcher, callback)
+        console.print(f"trials start {time.monotonic() - started:.1f} s after the sweep began (checks, the data decoded once, Ray)", highlight=False)
         return tuner.fit()
     except BaseException:
         tracker.end_run(parent_id, "KILLED")

@@ -104,7 +104,8 @@ def run_sweep(spec: Path, overrides: list[str], results: Path, budget_s: float) 
                 process.wait()
     wall = time.monotonic() - start
     samples = sampler.stop()
-    return {"command": command, "returncode": process.returncode, "wall_s": wall, "gpu_samples": samples, **read_sweep(results, spec)}
+    log_tail = (results / "launch.log").read_text(errors="replace")[-6000:]  # the JSON keeps why a case ran few trials
+    return {"command": command, "returncode": process.returncode, "wall_s": wall, "log_tail": log_tail, "gpu_samples": samples, **read_sweep(results, spec)}
 
 
 def read_sweep(results: Path, spec: Path) -> dict[str, Any]:

@@ -271,8 +271,8 @@ class TrainConfig:
     allow_tf32: bool = param(False, "Let float32 matmuls and convolutions use TF32 on GPUs that have it (faster, about 1e-3 relative error).")
     distributed_strategy: str = param("ddp", "Multi-GPU strategy.", valid_options=["ddp", "fsdp"])
     activation_checkpoint: bool = param(False, "Recompute activations in backward to save memory.")
-    # Ours: off until the Lightning loop with graphs is measured on a GPU (benchmarks/NOTES.md).
-    cuda_graph: bool = param(False, "Replay the network's training forward and backward as CUDA graphs (one GPU, fixed crop; eager where not exact).")
+    # Ours: off until the Lightning loop with graphs has run on an 80 GB card (benchmarks/NOTES.md).
+    cuda_graph: bool = param(False, "Replay the network's training forward and backward as CUDA graphs (one GPU, fixed crop, the short last batch dropped; eager where not exact).")
     use_distributed_sampler: bool = param(False, "Let Lightning insert distributed samplers.")
 
 
