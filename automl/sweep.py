@@ -123,6 +123,7 @@ def run_sweep(spec: DictConfig, spec_path: str | os.PathLike | None, resume: boo
     if sweep.spec.automl.baseline and not resume:
         _log_baseline(sweep, tracker, parent_id, label_map)
     results = _fit(sweep, store, searcher, tracker, parent_id, label_map, resume, started)
+    trials_ended = time.monotonic()
     _check_complete(results, sweep, store, tracker, parent_id)
     outcome = _select_best(results, sweep.metric, sweep.mode, sweep.spec)
     _prune_checkpoints(results, sweep.metric, sweep.mode, sweep.spec.automl.keep_top_k, sweep.validations)
@@ -132,6 +133,10 @@ def run_sweep(spec: DictConfig, spec_path: str | os.PathLike | None, resume: boo
     log_winner(tracker, parent_id, outcome.params, outcome.metrics, final, label_map.names)
     console.print(f"report: {write_report(sweep.spec, tracker, parent_id, sweep.space, sweep.metric)}", highlight=False)
     tracker.end_run(parent_id)
+    console.print(
+        f"sweep: {time.monotonic() - started:.1f} s, of which {trials_ended - started:.1f} s until its trials ended and "
+        f"{time.monotonic() - trials_ended:.1f} s after (the winner evaluated, registered, the report)", highlight=False,
+    )
     return SweepResult(outcome, len(results), parent_id)
 
 
