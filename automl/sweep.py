@@ -283,9 +283,6 @@ def _new_tuner(sweep: _Sweep, store: _Store, trainable: Any, searcher: Any, call
         tune_config=tune.TuneConfig(
             search_alg=searcher, scheduler=sweep.scheduler, num_samples=automl.num_samples,
             max_concurrent_trials=(automl.max_concurrent or None) if pbt else None,
-            # A trial of the same resources starts in the process the last one ended in: no new
-            # interpreter, imports, CUDA context or kernel compilation per trial.
-            reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name=sweep.name,
