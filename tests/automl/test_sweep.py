@@ -304,16 +304,17 @@ def test_two_worker_trials_run_through_ray_train_and_free_their_resources(synthe
     assert (tmp_path / "best" / "mask2former_model_best.pth").exists()
 
 
-# Seed 42 draws lr 1e-6 for trial 0 and 4e-4 for trial 1: trial 0 never scores above trial 1 (a tie,
-# both 0 at the first validation, ranks trial 0 lower too), so it is the one cloned whichever trial
-# reports first. Two near-equal trials would leave the exploit to which one happens to report
-# first: PBT ranks a trial's new score against the others' latest.
+# Seed 42 draws lr 1e-6 for trial 0 and 4e-4 for trial 1. Asynchronous PBT clones only a donor that
+# has itself passed a perturbation point in the upper half (its checkpoint is taken there), so a trial
+# that reaches a point before its better peer has nothing to clone yet; with points at validations 2 and
+# 4 of 5 the worse trial gets a second chance whichever trial the machine runs ahead.
+PBT_INTERVAL = 2  # epochs between validations
 PBT_SPACE = "{train.optim.lr: {options: [1.0e-6, 4.0e-4]}, train.optim.weight_decay: {min: 1.0e-3, max: 0.1}}"
 
 
 def test_population_based_training_clones_and_mutates_trials(synthetic_data, tmp_path):
     args = ["automl.algorithm=pbt", "automl.scheduler=pbt", "automl.num_samples=2", "automl.max_concurrent=2", f"automl.search_space={PBT_SPACE}",
-            "automl.max_epochs=6", "train.validation_interval=2", "automl.grace_period=2"]  # fmt: skip
+            "automl.max_epochs=10", f"train.validation_interval={PBT_INTERVAL}", "automl.grace_period=2"]  # fmt: skip
     sweep = launch(args, tmp_path, synthetic_data)
     output = sweep.communicate(timeout=600)[0]
     assert sweep.returncode == 0, output
@@ -321,20 +322,20 @@ def test_population_based_training_clones_and_mutates_trials(synthetic_data, tmp
     # Tune's log of exploits: [cloned trial, donor, their iterations, donor's config, the clone's new config]
     exploits = [json.loads(line) for line in (experiment / "pbt_global.txt").read_text().splitlines()]
     assert exploits, output
-    for target, donor, _, _, donor_config, new_config in exploits:
-        assert target.startswith("0_") and donor.startswith("1_") and donor_config["train.optim.lr"] == 4e-4
+    for _, _, _, _, donor_config, new_config in exploits:  # the good trial is cloned, the bad one never
+        assert donor_config["train.optim.lr"] == 4e-4
         assert new_config["train.optim.weight_decay"] != donor_config["train.optim.weight_decay"]  # explored, not copied
-    [clone_dir] = experiment.glob("run_trial_*_00000_*")
-    [donor_dir] = experiment.glob("run_trial_*_00001_*")
-    donor_steps = {r["step"] for r in map(json.loads, (donor_dir / "result.json").read_text().splitlines())}
-    # The clone continued from the donor's weights: the checkpoint it restored last is one the donor
-    # reported (its spec has the donor's lr), and the clone's next report, with its new values, is
-    # one validation interval (2 epochs) after it.
-    restored = read_checkpoint(clone_dir / "restored.pth")
-    assert restored["spec"]["train"]["optim"]["lr"] == 4e-4 and restored["global_step"] in donor_steps
-    results = [json.loads(line) for line in (clone_dir / "result.json").read_text().splitlines()]
-    after = [r for r in results if r["config"] == exploits[-1][5]]
-    assert after and after[0]["epoch"] == restored["epoch"] + 1 + 2 and after[0]["step"] > restored["global_step"]
+    # A clone continues from its donor's weights: after some exploit, the clone reports with the new values
+    # one validation interval after the donor's report whose checkpoint it took (a restart from scratch
+    # would report at the first validation again). Which exploit shows it depends on the order Tune logs
+    # a report and applies the next exploit, so any one exploit may.
+    reports = {name: [json.loads(line) for line in next(experiment.glob(f"run_trial_*_0000{name[0]}_*")).joinpath("result.json").read_text().splitlines()]
+               for name in {e[0] for e in exploits} | {e[1] for e in exploits}}  # fmt: skip
+    continued = []
+    for target, donor, _, donor_iteration, _, new_config in exploits:
+        source = next(r for r in reports[donor] if r["training_iteration"] == donor_iteration)
+        continued.append(any(r["config"] == new_config and r["epoch"] == source["epoch"] + PBT_INTERVAL and r["step"] > source["step"] for r in reports[target]))
+    assert any(continued), (exploits, reports)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("synthetic_smoke").experiment_id], "tags.`mlflow.parentRunId` != ''")
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
