@@ -29,6 +29,7 @@ from rich.console import Console
 
 from automl.actions.evaluate import evaluate_checkpoint, write_metrics
 from automl.files import copy_file, write_json
+from automl.host import usable_cores
 from automl.model_registry import publish_winner
 from automl.packing import OOM_REQUEUES, gpu_packer, without_auto_gpu
 from automl.report import write_report
@@ -359,7 +360,9 @@ def _start_ray(spec: DictConfig) -> None:
         # and the dashboard on loopback. The dashboard (Ray's state API, which cleans up the Train
         # runs of stopped multi-worker trials) starts when ray[default] is installed.
         os.environ.setdefault("RAY_enable_metrics_collection", "0")
-        ray.init(address="local", include_dashboard=None, dashboard_host="127.0.0.1", ignore_reinit_error=True, log_to_driver=False, runtime_env=runtime_env)
+        # Ray counts the machine's cores: confined to fewer (taskset, a Slurm or container cpuset),
+        # it would start more trials at once than there are cores for their `cpu` amounts.
+        ray.init(address="local", num_cpus=usable_cores(), include_dashboard=None, dashboard_host="127.0.0.1", ignore_reinit_error=True, log_to_driver=False, runtime_env=runtime_env)
 
 
 def _select_best(results: Any, metric: str, mode: str, spec: DictConfig) -> BestTrial:

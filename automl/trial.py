@@ -36,10 +36,18 @@ CHECKPOINT_FILE = "model_at_validation.pth"
 STATUS_KEY = "trial_status"
 
 
-def trial_spec(base: dict, values: dict[str, Any], trial_dir: Path, max_epochs: int) -> DictConfig:
-    """The base spec with the trial's sampled values, its own output folder and epoch budget."""
+def trial_spec(base: dict, values: dict[str, Any], trial_dir: Path, max_epochs: int, cpus: float) -> DictConfig:
+    """The base spec with the trial's sampled values, its own output folder and epoch budget.
+
+    cpus: the CPUs Ray holds for this trial's process; its data loaders get at most one worker
+    process per CPU beyond the training process's own, so that trials packed on one machine
+    do not run more processes than the cores Ray counted for them.
+    """
     spec = apply_values(base, {**values, "train.num_epochs": max_epochs, "train.results_dir": str(trial_dir)})
     spec.train.resume_training_checkpoint_path = ""
+    for split in ("train", "val"):
+        loader = spec.dataset[split]
+        loader.num_workers = min(loader.num_workers, max(int(cpus) - 1, 0))
     return spec
 
 
@@ -62,7 +70,8 @@ def run_trial(
     """
     context = tune.get_context()
     trial_dir = Path(context.get_trial_dir())  # <results_dir>/automl/<sweep>/<trial>
-    spec = trial_spec(base_spec, config, trial_dir, max_epochs)
+    cpus = cpus_per_worker if workers > 1 else context.get_trial_resources().required_resources.get("CPU", 1.0)
+    spec = trial_spec(base_spec, config, trial_dir, max_epochs, cpus)
     if workers > 1:
         _fit_with_ray_train(spec, metric, timeout_minutes, workers, context.get_trial_name(), trial_dir, cpus_per_worker)
         return

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import logging
 import os
 import platform
 import signal
@@ -52,6 +53,7 @@ from automl.actions.evaluate import evaluate_predictor, resolve_checkpoint  # no
 from automl.actions.export import check_image, deployable, export_aoti, export_onnx, load_network  # noqa: E402
 from automl.actions.predictors import AotiPredictor, OnnxPredictor  # noqa: E402
 from automl.actions.quantize import HEADLINE, quantize_onnx, torchao_quantize  # noqa: E402
+from automl.host import usable_cores  # noqa: E402
 from automl.spec import load_spec  # noqa: E402
 from automl.spec.model_args import build_network  # noqa: E402
 from automl.synthetic_data import data_overrides  # noqa: E402
@@ -124,7 +126,7 @@ def measure(name: str, spec: Any, args: argparse.Namespace, work: Path) -> dict[
         return {**row, "skipped": "torchao does not import here (pip install torchao==0.18.0, as pyproject pins it)"}
     on_cpu = name in CPU_VARIANTS
     device = torch.device("cpu" if on_cpu else args.device)
-    row["runs_on"] = f"cpu ({len(os.sched_getaffinity(0))} cores)" if device.type == "cpu" else torch.cuda.get_device_name(device)
+    row["runs_on"] = f"cpu ({usable_cores()} cores)" if device.type == "cpu" else torch.cuda.get_device_name(device)
     started = time.monotonic()
     try:
         predictor = build_variant(name, spec.copy(), args.checkpoint, args.size, device, work)
@@ -223,6 +225,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     started = time.monotonic()
     args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")  # the export's phase times
     args.work = args.work.resolve()
     data: list[str] = []
     if args.data:
@@ -236,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     spec = load_spec(args.spec, [f"results_dir={args.work}", *args.overrides], action="evaluate", need_checkpoint=False)
     result: dict[str, Any] = {
         "machine": platform.node(), "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(), "cores_usable": len(os.sched_getaffinity(0)), "torch": torch.__version__, "checkpoint": args.checkpoint, "spec": args.spec, "size": args.size,
+        "cpu_count": os.cpu_count(), "cores_usable": usable_cores(), "torch": torch.__version__, "checkpoint": args.checkpoint, "spec": args.spec, "size": args.size,
         "batches": args.batch, "note": args.note, "rows": [],
     }  # fmt: skip
     print("| variant | " + " | ".join(f"batch {b}" for b in args.batch) + " | metrics |", flush=True)

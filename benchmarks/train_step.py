@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere: `model` is the repo's package
     sys.path.insert(0, str(ROOT))
 
-from benchmarks._common import write_json  # noqa: E402
+from benchmarks._common import profile_summary, write_json  # noqa: E402
 from model import build_mask2former  # noqa: E402
 from model.convert import mask2former_kwargs  # noqa: E402  (the tested HF -> ours mapping)
 from model.criterion import SetCriterion  # noqa: E402
@@ -212,9 +212,7 @@ def _with_precision(step: Callable[[], torch.Tensor | None], precision: str) -> 
 
 
 def profile_steps(step: Callable[[], Any], device: torch.device, steps: int, top: int = 12) -> dict[str, Any]:
-    """Run `steps` steps under torch.profiler: per step, the device kernels launched, the copy
-    kernels/memcpys among them, the GPU-busy ms (union of their intervals: gaps are the GPU
-    waiting for the host), the wall ms, and the `top` kernels by device time."""
+    """Run `steps` steps under torch.profiler and summarise them (benchmarks._common.profile_summary)."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -225,33 +223,7 @@ def profile_steps(step: Callable[[], Any], device: torch.device, steps: int, top
             step()
         _sync(device)
         wall = time.perf_counter() - t0
-    # device events less the GPU-side ranges of annotations such as Optimizer.step (not work themselves)
-    kernels = [
-        e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA and not getattr(e, "is_user_annotation", False)
-    ]
-    intervals = sorted((e.time_range.start, e.time_range.end) for e in kernels)
-    busy_us, end = 0.0, float("-inf")
-    for start, stop in intervals:
-        if stop > end:
-            busy_us += stop - max(start, end)
-            end = stop
-    per_name: dict[str, list[float]] = {}
-    for e in kernels:
-        entry = per_name.setdefault(e.name, [0, 0.0])
-        entry[0] += 1
-        entry[1] += e.time_range.elapsed_us()
-    is_copy = ("copy", "Memcpy", "Memset", "fill")
-    return {
-        "steps": steps,
-        "wall_ms_per_step": wall * 1e3 / steps,
-        "kernels_per_step": len(kernels) / steps,
-        "copy_kernels_per_step": sum(n for name, (n, _) in per_name.items() if any(k in name for k in is_copy)) / steps,
-        "gpu_busy_ms_per_step": busy_us / 1e3 / steps,
-        "top_kernels": [
-            {"name": name[:160], "calls_per_step": n / steps, "ms_per_step": us / 1e3 / steps}
-            for name, (n, us) in sorted(per_name.items(), key=lambda kv: -kv[1][1])[:top]
-        ],
-    }
+    return profile_summary(prof, steps, wall, top)
 
 
 def run_case(impl: str, case: str, precision: str, args: argparse.Namespace, config: dict, device: torch.device) -> dict[str, Any]:

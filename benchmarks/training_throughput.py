@@ -5,7 +5,10 @@ Runs `automl.training.run_training`, the training loop that `automl launch --pol
 epoch and a thread that samples NVML's GPU utilisation (the share of each sample period in
 which a kernel was running) every 50 ms. The first `--skip-epochs` epochs (start-up, cuDNN
 plans, Triton compilation) are left out; validation falls between epochs and is left out too.
-Data wait is the host time between one training batch's end and the next one's start.
+Data wait is the host time between one training batch's end and the next one's start. With
+--profile-steps N, N training steps of the last epoch also run under torch.profiler (their
+epoch is left out of the rates): kernels and GPU-busy ms per step, the top kernels, the host's
+waits for the GPU and the top host operators (benchmarks._common.profile_summary).
 
     python benchmarks/training_throughput.py -e experiments/synthetic_swin_t.yaml train.num_epochs=4
 """
@@ -13,7 +16,6 @@ Data wait is the host time between one training batch's end and the next one's s
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import threading
@@ -28,9 +30,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from automl.host import usable_cores  # noqa: E402
 from automl.spec import load_spec  # noqa: E402
 from automl.training import run_training  # noqa: E402
-from benchmarks._common import write_json  # noqa: E402
+from benchmarks._common import profile_summary, write_json  # noqa: E402
 
 
 class EpochTimer(pl.Callback):
@@ -59,6 +62,34 @@ class EpochTimer(pl.Callback):
         self.epochs[-1]["end"] = time.perf_counter()
 
 
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+class StepProfiler(pl.Callback):
+    """torch.profiler over `steps` training steps of the last epoch, from its third step on."""
+
+    def __init__(self, steps: int) -> None:
+        self.steps, self.summary, self._prof, self._start = steps, None, None, 0.0
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        if self._prof is None and self.summary is None and trainer.current_epoch == trainer.max_epochs - 1 and batch_idx == 2:
+            from torch.profiler import ProfilerActivity, profile
+
+            _sync()
+            self._prof = profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else []))
+            self._prof.__enter__()
+            self._start, self._first = time.perf_counter(), batch_idx
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if self._prof is not None and batch_idx - self._first + 1 == self.steps:
+            _sync()
+            wall = time.perf_counter() - self._start
+            self._prof.__exit__(None, None, None)
+            self.summary, self._prof = profile_summary(self._prof, self.steps, wall, top=15), None
+
+
 class UtilisationSampler(threading.Thread):
     """NVML GPU utilisation (percent) every `period_s`, with host timestamps."""
 
@@ -81,19 +112,21 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("-e", "--experiment-spec", required=True)
     p.add_argument("overrides", nargs="*", help="dotted spec overrides")
     p.add_argument("--skip-epochs", type=int, default=1)
+    p.add_argument("--profile-steps", type=int, default=0, help="profile this many steps of the last epoch (0: none)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "training_throughput.json"))
     args = p.parse_args(argv)
     spec = load_spec(args.experiment_spec, args.overrides, action="train")
     timer = EpochTimer()
+    profiler = StepProfiler(args.profile_steps) if args.profile_steps else None
     sampler = UtilisationSampler() if torch.cuda.is_available() else None
     if sampler:
         sampler.start()
     try:
-        run_training(spec, callbacks=[timer], progress=False, keep_checkpoints=False)
+        run_training(spec, callbacks=[timer, *([profiler] if profiler else [])], progress=False, keep_checkpoints=False)
     finally:
         if sampler:
             sampler.stop()
-    measured = [e for e in timer.epochs[args.skip_epochs :] if "end" in e]
+    measured = [e for e in timer.epochs[args.skip_epochs : len(timer.epochs) - (profiler is not None)] if "end" in e]
     if not measured:
         raise SystemExit(f"no epoch after the first {args.skip_epochs} was measured: raise train.num_epochs")
     wall = sum(e["end"] - e["start"] for e in measured)
@@ -113,7 +146,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "gpu_busy_percent": statistics.fmean(inside) if inside else None,
         "gpu_busy_samples": len(inside),
         "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
-        "cores_usable": len(os.sched_getaffinity(0)),
+        "cores_usable": usable_cores(),
+        "profile": profiler.summary if profiler else None,
         "epochs": [{k: v for k, v in e.items() if k not in ("start", "end")} | {"wall_s": e["end"] - e["start"]} for e in measured],
     }
     print(

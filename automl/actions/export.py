@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -139,12 +140,17 @@ def export_aoti(graph: torch.nn.Module, example: torch.Tensor, path: Path, dynam
     """torch.export the graph and compile it with AOTInductor into a .pt2 package (CPU kernels, or CUDA ones for a GPU example)."""
     dynamic_shapes = {"inputs": {0: torch.export.Dim("batch", min=1, max=1024)}} if dynamic_batch else None
     # strict (TorchDynamo) tracing folds the level shapes that deformable attention reads back from a tensor
+    started = time.monotonic()
     with torch.inference_mode():
         program = torch.export.export(graph, (example,), dynamic_shapes=dynamic_shapes, strict=True)
+    # the compile takes minutes for a Swin backbone: say where the time goes
+    log.info("torch.export: %.0f s; compiling with AOTInductor for %s", time.monotonic() - started, example.device.type)
     # the package carries what a reader needs to feed it (ONNX files carry it in their input shape and output names)
     metadata = {"mode": graph.task, "input_height": str(example.shape[-2]), "input_width": str(example.shape[-1]),
                 "batch_size": "-1" if dynamic_batch else str(example.shape[0])}
+    started = time.monotonic()
     torch._inductor.aoti_compile_and_package(program, package_path=str(path), inductor_configs={"aot_inductor.metadata": metadata})
+    log.info("AOTInductor compile: %.0f s", time.monotonic() - started)
 
 
 def run_aoti(path: Path, task: str) -> Callable[[torch.Tensor], dict[str, np.ndarray]]:

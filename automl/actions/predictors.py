@@ -8,7 +8,6 @@ AOTInductor package (.pt2) and a TensorRT engine. Each knows its input size (H, 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Iterator, Protocol, Sequence
 
@@ -16,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from automl.host import usable_cores
 from model.data import build_dataloader
 from model.errors import UserError
 from model.export import INPUT_NAME, OUTPUT_NAMES, letterbox, prediction_from_outputs
@@ -48,12 +48,11 @@ def task_of_outputs(names: Sequence[str], path: Path) -> str:
 
 def onnx_session(path: Path, providers: Sequence[str]) -> Any:
     """An ONNX Runtime session of `path` on the first available of `providers`, its CPU threads as
-    many as the cores this process may run on (ONNX Runtime counts the machine's cores, which
-    oversubscribes a process confined by taskset or a container's cpuset)."""
+    many as the cores this process may run on."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    options.intra_op_num_threads = usable_cores()
     return ort.InferenceSession(str(path), options, providers=[p for p in providers if p in ort.get_available_providers()])
 
 
