@@ -227,6 +227,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")  # the export's phase times
     args.work = args.work.resolve()
+    args.work.mkdir(parents=True, exist_ok=True)  # exports and quantised files go here, also with --checkpoint
     data: list[str] = []
     if args.data:
         data = data_overrides(args.data.resolve())

@@ -210,7 +210,8 @@ def prediction_from_outputs(
     image_size: (h, w) of the image inside the padded input; orig_size: (H0, W0).
     Semantic task gives "sem_seg" (K, H0, W0) and "semantic"; instance and panoptic tasks have no per-class
     scores, so their "semantic" map is the class of each pixel's most confident instance (instance) or kept
-    query (panoptic); panoptic "instances" are its thing segments.
+    query (panoptic; where no kept query covers a pixel, of the most confident query); panoptic "instances"
+    are its thing segments.
     """
     if task == "semantic":
         sem_seg = _to_original(outputs["pred_masks"], image_size, orig_size)
@@ -221,8 +222,12 @@ def prediction_from_outputs(
         ranked = (scores[:, None, None] * masks).argmax(0) if len(scores) else torch.zeros(masks.shape[-2:], dtype=torch.long)
         semantic = classes[ranked] if len(classes) else ranked
         return {"semantic": semantic, "instances": {"masks": masks, "scores": scores, "labels": classes}}
-    owner = _to_original(outputs["prob_masks"], image_size, orig_size).argmax(0)
     num_classes = len(is_thing)
+    probs = _to_original(outputs["prob_masks"], image_size, orig_size)
+    # A pixel no kept query covers is a tie of zeros, which argmax breaks differently on CPU and GPU:
+    # it takes the class of the image's most confident query of a real class instead.
+    confidence = torch.where(classes < num_classes, scores, -1.0).cpu()
+    owner = torch.where(probs.amax(0) > 0, probs.argmax(0), int(confidence.argmax()))
     panoptic, segments = segments_from_queries(masks, scores, classes, is_thing)
     things = [q for q, present in enumerate(masks.flatten(1).any(1).tolist()) if present and int(classes[q]) < num_classes and is_thing[int(classes[q])]]
     chosen = torch.tensor(things, dtype=torch.long, device=masks.device)

@@ -173,3 +173,24 @@ def test_aoti_package_round_trips_through_aoti_load_package(export_spec):
         outputs = runner(torch.zeros(batch, 3, 64, 64))
         assert [tuple(o.shape) for o in outputs][2:] == [(batch, 8), (batch, 8)]
     assert json.loads(result.report.read_text())["passed"]
+
+
+def test_panoptic_semantic_map_of_pixels_no_kept_query_covers_is_the_most_confident_query_class():
+    """No tie of zeros decides a pixel's class (argmax breaks those differently on CPU and GPU)."""
+    num_queries, size, is_thing = 4, (6, 5), [True, False, True]
+    prob_masks = torch.zeros(num_queries, *size)
+    prob_masks[2, :3] = 0.7  # query 2 (class 0) covers the top half only
+    prob_masks[3, :2, :2] = 0.9  # query 3 (class 1) wins its corner
+    outputs = {
+        "prob_masks": prob_masks,
+        "pred_masks": prob_masks > 0.5,
+        "pred_scores": torch.tensor([0.95, 0.2, 0.6, 0.8]),
+        "pred_classes": torch.tensor([3, 2, 0, 1]),  # query 0 is "no object" (class 3 of 3), however confident
+    }
+    semantic = prediction_from_outputs(outputs, "panoptic", size, size, is_thing)["semantic"]
+    expected = torch.full(size, 1)  # query 3 is the most confident of a real class
+    expected[:3] = 0
+    expected[:2, :2] = 1
+    assert torch.equal(semantic, expected)
+    outputs["prob_masks"] = torch.zeros(num_queries, *size)  # nothing kept: one class everywhere
+    assert torch.equal(prediction_from_outputs(outputs, "panoptic", size, size, is_thing)["semantic"], torch.full(size, 1))
