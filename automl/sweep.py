@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import pyarrow.fs
 import ray
@@ -78,6 +78,10 @@ class SweepResult:
     parent_run_id: str
 
 
+# Ray Tune's setting of how many trials may wait for resources at once (default: one, for searchers).
+MAX_PENDING = "TUNE_MAX_PENDING_TRIALS_PG"
+
+
 def sweep_dir(spec: DictConfig) -> Path:
     return Path(spec.results_dir) / "automl"
 
@@ -109,6 +113,12 @@ def trial_resources(spec: DictConfig) -> dict[str, float]:
     if requested.get("gpu", 0) > 1 and requested["gpu"] != int(requested["gpu"]):
         raise UserError(f"automl.resources_per_trial.gpu: {requested['gpu']} — above one GPU, ask for whole GPUs")
     return requested
+
+
+def trials_at_once(cluster: Mapping[str, float], cpu: float, gpu: float) -> int:
+    """How many trials asking `cpu` CPUs and `gpu` GPUs each (0: not asked) `cluster` holds at once; at least one."""
+    fits = [cluster.get(name, 0.0) / amount for name, amount in (("CPU", cpu), ("GPU", gpu)) if amount > 0]
+    return max(1, int(round(min(fits), 9))) if fits else 1
 
 
 def run_sweep(spec: DictConfig, spec_path: str | os.PathLike | None, resume: bool = False) -> SweepResult:
@@ -254,6 +264,12 @@ def _fit(
     train_gpus = float(workers) if workers > 1 and torch.cuda.is_available() else 0.0
     callback = None if resume else MlflowSweepCallback(tracker, parent_id, sweep.metric, sweep.mode, run_tags(sweep.spec), sweep.validations, train_gpus)
     _start_ray(sweep.spec)
+    # Tune lets a custom searcher's trials wait for resources one at a time, and a trial stops
+    # waiting only once its process has started (seconds of imports), so trials that fit side by
+    # side would start one after another: let as many wait as fit at once.
+    pending = None if sweep.spec.automl.max_concurrent or os.environ.get(MAX_PENDING) else _trials_at_once(sweep)
+    if pending:
+        os.environ[MAX_PENDING] = str(pending)
     try:
         if resume:  # the restored experiment brings its searcher, scheduler and callback back
             tuner = tune.Tuner.restore(
@@ -271,6 +287,19 @@ def _fit(
             ResumeGuard(Path(store.experiment), store.digests).sign()  # the state Tune saved last, once its sync has ended
         if not sweep.spec.automl.ray_address:
             ray.shutdown()
+        if pending:
+            del os.environ[MAX_PENDING]
+
+
+def _trials_at_once(sweep: _Sweep) -> int:
+    """trials_at_once for this sweep's trials on the running Ray cluster (a packed trial's GPU share is
+    decided per trial: CPUs bound those)."""
+    workers = trial_workers(sweep.spec)
+    if workers > 1:
+        cpu, gpu = workers * _cpus_per_worker(sweep.spec), float(workers) if torch.cuda.is_available() else 0.0
+    else:
+        cpu, gpu = sweep.resources.get("cpu", 1.0), 0.0 if sweep.packer else sweep.resources.get("gpu", 0.0)
+    return trials_at_once(ray.cluster_resources(), cpu, gpu)
 
 
 def _new_tuner(sweep: _Sweep, store: _Store, trainable: Any, searcher: Any, callback: MlflowSweepCallback) -> tune.Tuner:

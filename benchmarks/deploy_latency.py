@@ -153,7 +153,7 @@ def measure_aoti(args: argparse.Namespace, seconds: float) -> dict[str, Any]:
         return {**row, "skipped": f"only {seconds:.0f} s of the budget left"}
     out = args.work / "aoti_row.json"
     out.unlink(missing_ok=True)
-    command = [sys.executable, str(Path(__file__).resolve()), "-e", args.spec, "--checkpoint", args.checkpoint, "--variants", "aoti",
+    command = [sys.executable, "-X", "faulthandler", str(Path(__file__).resolve()), "-e", args.spec, "--checkpoint", args.checkpoint, "--variants", "aoti",
                "--device", args.device, "--work", str(args.work), "--size", *map(str, args.size), "--batch", *map(str, args.batch),
                "--steps", str(args.steps), "--warmup", str(args.warmup), "--out", str(out), *(["--no-score"] if args.no_score else []),
                *args.overrides]  # fmt: skip
@@ -164,7 +164,9 @@ def measure_aoti(args: argparse.Namespace, seconds: float) -> dict[str, Any]:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
         return {**row, "skipped": f"the AOTInductor compile and run did not finish in {seconds:.0f} s (--aoti-s)"}
-    return json.loads(out.read_text())["rows"][0] if out.exists() else {**row, "error": "its process wrote no row (see the output above)"}
+    if out.exists():
+        return json.loads(out.read_text())["rows"][0]
+    return {**row, "error": f"its process ended with return code {process.returncode} and wrote no row (see the output above)"}
 
 
 def make_checkpoint(args: argparse.Namespace) -> str:

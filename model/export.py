@@ -224,8 +224,8 @@ def prediction_from_outputs(
         return {"semantic": semantic, "instances": {"masks": masks, "scores": scores, "labels": classes}}
     num_classes = len(is_thing)
     probs = _to_original(outputs["prob_masks"], image_size, orig_size)
-    # A pixel no kept query covers is a tie of zeros, which argmax breaks differently on CPU and GPU:
-    # it takes the class of the image's most confident query of a real class instead.
+    # A pixel no kept query covers has all-zero scores, whose argmax is query 0 whatever it is (often
+    # a "no object" query): it takes the class of the image's most confident query of a real class.
     confidence = torch.where(classes < num_classes, scores, -1.0).cpu()
     owner = torch.where(probs.amax(0) > 0, probs.argmax(0), int(confidence.argmax()))
     panoptic, segments = segments_from_queries(masks, scores, classes, is_thing)

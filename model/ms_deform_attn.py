@@ -75,12 +75,14 @@ def fused_kernel() -> Callable[..., torch.Tensor] | None:
 
 def uses_fused_kernel(value: torch.Tensor) -> bool:
     """Whether `ms_deform_attn` runs the Triton kernel for this value tensor: float32 or bfloat16 on
-    CUDA, outside tracing and ONNX export (those record the reference), Triton installed."""
+    CUDA, outside tracing and export (ONNX, torch.export for AOTInductor: those record the reference),
+    Triton installed."""
     return (
         value.is_cuda
         and value.dtype in FUSED_DTYPES
         and not torch.jit.is_tracing()
         and not torch.onnx.is_in_onnx_export()
+        and not torch.compiler.is_exporting()
         and fused_kernel() is not None
     )
 

@@ -176,7 +176,7 @@ def test_aoti_package_round_trips_through_aoti_load_package(export_spec):
 
 
 def test_panoptic_semantic_map_of_pixels_no_kept_query_covers_is_the_most_confident_query_class():
-    """No tie of zeros decides a pixel's class (argmax breaks those differently on CPU and GPU)."""
+    """No tie of zeros decides a pixel's class (its argmax would be query 0, here a "no object" query)."""
     num_queries, size, is_thing = 4, (6, 5), [True, False, True]
     prob_masks = torch.zeros(num_queries, *size)
     prob_masks[2, :3] = 0.7  # query 2 (class 0) covers the top half only

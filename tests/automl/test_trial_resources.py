@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from automl.spec import load_spec
+from automl.sweep import trials_at_once
 from automl.trial import trial_spec
 from tests.conftest import SMOKE_SPEC
 
@@ -38,3 +39,18 @@ def test_a_sweep_confined_to_one_core_starts_ray_with_one_cpu(tmp_path):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=180)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "CPU 1.0" in done.stdout.splitlines()
+
+
+@pytest.mark.parametrize(
+    ("cluster", "cpu", "gpu", "expected"),
+    [
+        ({"CPU": 16.0, "GPU": 1.0}, 3.0, 0.25, 4),  # four quarters of the GPU; CPUs for five
+        ({"CPU": 16.0, "GPU": 1.0}, 3.0, 1.0, 1),
+        ({"CPU": 16.0, "GPU": 2.0}, 3.0, 0.0, 5),  # no GPU asked: CPUs bound
+        ({"CPU": 32.0, "GPU": 4.0}, 8.0, 2.0, 2),  # two-GPU trials
+        ({"CPU": 2.0}, 3.0, 0.0, 1),  # a trial larger than the cluster still gets to wait
+        ({"CPU": 1.0}, 1 / 3, 0.0, 3),  # thirds of a CPU, not 2.999...
+    ],
+)
+def test_trials_that_fit_side_by_side_may_wait_for_resources_together(cluster, cpu, gpu, expected):
+    assert trials_at_once(cluster, cpu, gpu) == expected

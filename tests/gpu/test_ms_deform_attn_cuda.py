@@ -96,3 +96,20 @@ def test_module_under_bf16_autocast_trains_through_the_fused_kernel():
     assert out.dtype == torch.bfloat16
     assert torch.isfinite(memory.grad).all() and memory.grad.abs().sum() > 0
     assert attn.sampling_offsets.weight.grad.abs().sum() > 0  # the location gradient reaches the offsets
+
+
+def test_torch_export_on_cuda_records_the_grid_sample_reference():
+    """An AOTInductor package must not hold the Triton kernel: torch.export takes the reference path."""
+
+    class Attention(torch.nn.Module):
+        def forward(self, value, locations, weights):
+            return ms_deform_attn(value, POW2_SHAPES, locations, weights)
+
+    value, locations, weights = random_inputs(POW2_SHAPES, torch.float32)
+    assert uses_fused_kernel(value)  # outside export the kernel runs
+    program = torch.export.export(Attention(), (value, locations, weights), strict=True)
+    targets = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
+    assert any("grid_sampler" in t for t in targets), sorted(targets)
+    assert not any("triton" in t for t in targets), sorted(targets)
+    expected = ms_deform_attn_reference(value.double(), POW2_SHAPES, locations.double(), weights.double())
+    assert rel_error(program.module()(value, locations, weights), expected) <= TOLERANCE[torch.float32]
