@@ -16,7 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 @pytest.mark.parametrize(("cpus", "spec_workers", "expected"), [(3, 8, 2), (12, 8, 8), (1, 8, 0), (0.5, 4, 0), (4, 0, 0)])
 def test_a_trial_runs_at_most_one_loader_worker_per_cpu_beyond_its_own(tmp_path, cpus, spec_workers, expected):
-    spec = load_spec(SMOKE_SPEC, [f"dataset.train.num_workers={spec_workers}", f"dataset.val.num_workers={spec_workers}"], action="train")
+    spec = load_spec(SMOKE_SPEC, [f"dataset.train.num_workers={spec_workers}", f"dataset.val.num_workers={spec_workers}"])
     from omegaconf import OmegaConf
 
     trial = trial_spec(OmegaConf.to_container(spec, resolve=True), {"train.optim.lr": 1e-3}, tmp_path, 2, cpus)
@@ -31,7 +31,7 @@ def test_a_sweep_confined_to_one_core_starts_ray_with_one_cpu(tmp_path):
         "import ray\n"
         "from automl.spec import load_spec\n"
         "from automl.sweep import _start_ray\n"
-        f"_start_ray(load_spec({str(SMOKE_SPEC)!r}, ['results_dir={tmp_path}'], action='train'))\n"
+        f"_start_ray(load_spec({str(SMOKE_SPEC)!r}, ['results_dir={tmp_path}']))\n"
         "print('CPU', ray.cluster_resources()['CPU'])\n"
         "ray.shutdown()\n"
     )
