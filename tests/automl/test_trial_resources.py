@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+from omegaconf import OmegaConf
 
 from automl.spec import load_spec
 from automl.sweep import trials_at_once
@@ -17,8 +18,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 @pytest.mark.parametrize(("cpus", "spec_workers", "expected"), [(3, 8, 2), (12, 8, 8), (1, 8, 0), (0.5, 4, 0), (4, 0, 0)])
 def test_a_trial_runs_at_most_one_loader_worker_per_cpu_beyond_its_own(tmp_path, cpus, spec_workers, expected):
     spec = load_spec(SMOKE_SPEC, [f"dataset.train.num_workers={spec_workers}", f"dataset.val.num_workers={spec_workers}"])
-    from omegaconf import OmegaConf
-
     trial = trial_spec(OmegaConf.to_container(spec, resolve=True), {"train.optim.lr": 1e-3}, tmp_path, 2, cpus)
     assert trial.dataset.train.num_workers == trial.dataset.val.num_workers == expected
     assert trial.train.optim.lr == 1e-3 and trial.train.num_epochs == 2
