@@ -68,22 +68,24 @@ def _sync() -> None:
 
 
 class StepProfiler(pl.Callback):
-    """torch.profiler over `steps` training steps of the last epoch, from its third step on."""
+    """torch.profiler over `steps` training steps of the last epoch, from its batch FIRST on."""
+
+    FIRST = 2  # the epoch's first batches wait for the loader workers to fill their queues
 
     def __init__(self, steps: int) -> None:
         self.steps, self.summary, self._prof, self._start = steps, None, None, 0.0
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
-        if self._prof is None and self.summary is None and trainer.current_epoch == trainer.max_epochs - 1 and batch_idx == 2:
+        if self._prof is None and self.summary is None and trainer.current_epoch == trainer.max_epochs - 1 and batch_idx == self.FIRST:
             from torch.profiler import ProfilerActivity, profile
 
             _sync()
             self._prof = profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else []))
             self._prof.__enter__()
-            self._start, self._first = time.perf_counter(), batch_idx
+            self._start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        if self._prof is not None and batch_idx - self._first + 1 == self.steps:
+        if self._prof is not None and batch_idx - self.FIRST + 1 == self.steps:
             _sync()
             wall = time.perf_counter() - self._start
             self._prof.__exit__(None, None, None)

@@ -226,8 +226,8 @@ def prediction_from_outputs(
     probs = _to_original(outputs["prob_masks"], image_size, orig_size)
     # A pixel no kept query covers has all-zero scores, whose argmax is query 0 whatever it is (often
     # a "no object" query): it takes the class of the image's most confident query of a real class.
-    confidence = torch.where(classes < num_classes, scores, -1.0).cpu()
-    owner = torch.where(probs.amax(0) > 0, probs.argmax(0), int(confidence.argmax()))
+    most_confident = int(torch.where(classes < num_classes, scores, -1.0).argmax())
+    owner = torch.where(probs.amax(0) > 0, probs.argmax(0), most_confident)
     panoptic, segments = segments_from_queries(masks, scores, classes, is_thing)
     things = [q for q, present in enumerate(masks.flatten(1).any(1).tolist()) if present and int(classes[q]) < num_classes and is_thing[int(classes[q])]]
     chosen = torch.tensor(things, dtype=torch.long, device=masks.device)
