@@ -178,6 +178,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--validation-interval", type=int, default=2)
     p.add_argument("--budget-s", type=float, default=3600.0, help="wall time of all cases together, shared equally (data written before)")
     p.add_argument("--case-floor-s", type=float, default=60.0, help="the least share of a case: Ray start-up, a first trial, the stop and the reading")
+    p.add_argument("--override", nargs="*", default=[], help="extra dotted spec overrides for every case (e.g. train.cuda_graph=true)")
     p.add_argument("--work", type=Path, default=ROOT / "results" / "sweep_throughput")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "sweep_throughput.json")
     args = p.parse_args(argv)
@@ -197,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
         write_synthetic_dataset(data, num_images=args.num_images, size=(size, size), seed=0)
     common = [*data_overrides(data), *([] if args.tiny else size_overrides(size)), "automl.policy=on",
-              f"automl.max_epochs={args.max_epochs}", f"train.validation_interval={args.validation_interval}", "automl.max_concurrent=0"]  # fmt: skip
+              f"automl.max_epochs={args.max_epochs}", f"train.validation_interval={args.validation_interval}", "automl.max_concurrent=0", *args.override]  # fmt: skip
     share = args.budget_s / (len(args.resources) + len(args.spaces))
     record: dict[str, Any] = {"spec": str(spec), "data": str(data), "size": size, "case_s": share, "args": {k: str(v) for k, v in vars(args).items()}, "resources": [], "spaces": []}
     print(f"data ready in {data}; {len(args.resources) + len(args.spaces)} cases of {share:.0f} s", flush=True)
