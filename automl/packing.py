@@ -41,6 +41,10 @@ OOM_REQUEUES = 4
 SHARES_SUFFIX = ".gpu_shares.json"
 
 
+class ProbeInterrupted(RuntimeError):
+    """The probe process ended by a signal or Ctrl-C, not by what it measured."""
+
+
 def wants_auto_gpu(spec: DictConfig) -> bool:
     return str(dict(spec.automl.resources_per_trial).get("gpu", "")).lower() == AUTO
 
@@ -103,6 +107,8 @@ class GpuPacker(tune.Callback):
             try:
                 peak = probe_peak_memory(self.base_spec, config)
                 shares[key] = {"peak_mib": round(peak / 2**20), "share": gpu_share(peak, self.total_bytes)}
+            except ProbeInterrupted:  # Ctrl-C reaches the probe too: nothing learnt, nothing kept for --resume
+                return tune.PlacementGroupFactory([{"CPU": self.cpu, "GPU": 1.0}])
             except RuntimeError as err:  # e.g. the GPU is too full right now to probe: a whole GPU is safe
                 log.warning("GPU packing: %s; giving %s a whole GPU", err, key)
                 shares[key] = {"peak_mib": None, "share": 1.0}
@@ -160,8 +166,11 @@ def probe_peak_memory(base_spec: Mapping[str, Any], config: Mapping[str, Any]) -
         request = Path(directory) / "probe.json"
         request.write_text(json.dumps({"spec": base_spec, "config": dict(config), "out": directory}))
         done = subprocess.run([sys.executable, "-m", "automl.packing", str(request)], capture_output=True, text=True)
+        if done.returncode < 0 or done.stderr.rstrip().endswith("KeyboardInterrupt"):
+            raise ProbeInterrupted(f"GPU memory probe interrupted (exit {done.returncode})")
         if done.returncode != 0:
-            raise RuntimeError(f"GPU memory probe failed for {dict(config)}:\n{done.stderr[-4000:]}")
+            lines = [line for line in done.stderr.splitlines() if line.strip()]
+            raise RuntimeError(f"GPU memory probe failed ({lines[-1].strip() if lines else f'exit {done.returncode}'})")
         return int(json.loads((Path(directory) / "peak.json").read_text())["peak_bytes"])
 
 

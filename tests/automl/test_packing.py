@@ -143,3 +143,25 @@ def test_the_probe_runs_a_few_training_steps_of_the_sampled_config_in_a_subproce
     spec = smoke_spec()
     # On CPU the peak is 0 bytes; what matters here is that the probe's training runs to the end.
     assert packing.probe_peak_memory(OmegaConf.to_container(spec, resolve=True), {QUERIES: 8, LR: 1e-4}) == 0
+
+
+def test_a_failed_probe_is_one_line_naming_its_error(smoke_spec):
+    from omegaconf import OmegaConf
+
+    spec = OmegaConf.to_container(smoke_spec(), resolve=True)
+    with pytest.raises(RuntimeError) as failure:
+        packing.probe_peak_memory(spec, {"model.mask_former.no_such_key": 1})
+    message = str(failure.value)
+    assert "\n" not in message and message.startswith("GPU memory probe failed (") and "no_such_key" in message
+
+
+def test_an_interrupted_probe_gives_a_whole_gpu_and_keeps_no_share(tmp_path, monkeypatch):
+    space = space_from_mapping({QUERIES: {"options": [100, 200]}}, load_spec(None), "test")
+    packer = GpuPacker({}, space, tmp_path / "sweep.gpu_shares.json", cpu=2.0, total_bytes=H100)
+
+    def interrupted(*args, **kwargs):  # Ctrl-C reaches the probe's process group too
+        return SimpleNamespace(returncode=-2, stderr="")
+
+    monkeypatch.setattr(packing.subprocess, "run", interrupted)
+    assert packer.resources({QUERIES: 200}).required_resources["GPU"] == 1.0
+    assert not (tmp_path / "sweep.gpu_shares.json").exists()  # the next sweep probes this shape again
