@@ -264,6 +264,8 @@ def _fit(
     train_gpus = float(workers) if workers > 1 and torch.cuda.is_available() else 0.0
     callback = None if resume else MlflowSweepCallback(tracker, parent_id, sweep.metric, sweep.mode, run_tags(sweep.spec), sweep.validations, train_gpus)
     _start_ray(sweep.spec)
+    # At a Ctrl-C, Tune warns once per trial that never started (no results yet): dozens of lines with many pending.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     # Tune lets a custom searcher's trials wait for resources one at a time, and a trial stops
     # waiting only once its process has started (seconds of imports), so trials that fit side by
     # side would start one after another: let as many wait as fit at once.
