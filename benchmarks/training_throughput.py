@@ -5,7 +5,9 @@ Runs `automl.training.run_training`, the training loop that `automl launch --pol
 epoch and a thread that samples NVML's GPU utilisation (the share of each sample period in
 which a kernel was running) every 50 ms. The first `--skip-epochs` epochs (start-up, cuDNN
 plans, Triton compilation) are left out; validation falls between epochs and is left out too.
-Data wait is the host time between one training batch's end and the next one's start. With
+Between batches is the host time from one training batch's end to the next one's start (with a GPU-bound
+step it includes waiting for the GPU at a sync point there); loader wait is the part of it spent inside
+the training DataLoader's `__next__`, the loop waiting for its data. With
 --profile-steps N, N training steps of the last epoch also run under torch.profiler (their
 epoch is left out of the rates): kernels and GPU-busy ms per step, the top kernels, the host's
 waits for the GPU and the top host operators (benchmarks._common.profile_summary).
@@ -36,30 +38,53 @@ from automl.training import run_training  # noqa: E402
 from benchmarks._common import profile_summary, write_json  # noqa: E402
 
 
+class LoaderClock:
+    """Host seconds spent in `__next__` of the iterators over `dataset` while `running` (patched for the process)."""
+
+    def __init__(self) -> None:
+        self.seconds, self.running, self.dataset = 0.0, False, None
+        original = torch.utils.data.dataloader._BaseDataLoaderIter.__next__
+
+        def timed_next(iterator):
+            started = time.perf_counter()
+            try:
+                return original(iterator)
+            finally:
+                if self.running and iterator._dataset is self.dataset:  # not the validation loader's
+                    self.seconds += time.perf_counter() - started
+
+        torch.utils.data.dataloader._BaseDataLoaderIter.__next__ = timed_next
+
+
 class EpochTimer(pl.Callback):
-    """Wall time, images and data wait of every training epoch (the GPU drained at each epoch end)."""
+    """Wall time, images, time between batches and loader wait of every training epoch (the GPU drained at each epoch end)."""
 
     def __init__(self) -> None:
         self.epochs: list[dict[str, float]] = []
         self._last_end: float | None = None
+        self.loader = LoaderClock()
 
     def on_train_epoch_start(self, trainer, module) -> None:
-        self.epochs.append({"start": time.perf_counter(), "images": 0, "steps": 0, "data_wait_s": 0.0})
+        self.epochs.append({"start": time.perf_counter(), "images": 0, "steps": 0, "between_batches_s": 0.0})
         self._last_end = None
+        self.loader.seconds, self.loader.dataset = 0.0, getattr(trainer.train_dataloader, "dataset", None)
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        self.loader.running = False  # the loader is timed between batches only (not the epoch's first fetch)
         if self._last_end is not None:
-            self.epochs[-1]["data_wait_s"] += time.perf_counter() - self._last_end
+            self.epochs[-1]["between_batches_s"] += time.perf_counter() - self._last_end
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         self.epochs[-1]["images"] += batch["images"].shape[0]
         self.epochs[-1]["steps"] += 1
         self._last_end = time.perf_counter()
+        self.loader.running = True
 
     def on_train_epoch_end(self, trainer, module) -> None:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         self.epochs[-1]["end"] = time.perf_counter()
+        self.epochs[-1]["loader_wait_s"], self.loader.running = self.loader.seconds, False  # with the end-of-epoch StopIteration
 
 
 def _sync() -> None:
@@ -144,7 +169,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "epochs_measured": len(measured),
         "images_per_s": images / wall,
         "step_ms": wall / steps * 1e3,
-        "data_wait_ms_per_step": sum(e["data_wait_s"] for e in measured) / steps * 1e3,
+        "between_batches_ms_per_step": sum(e["between_batches_s"] for e in measured) / steps * 1e3,
+        "loader_wait_ms_per_step": sum(e["loader_wait_s"] for e in measured) / steps * 1e3,
         "gpu_busy_percent": statistics.fmean(inside) if inside else None,
         "gpu_busy_samples": len(inside),
         "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
@@ -153,8 +179,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "epochs": [{k: v for k, v in e.items() if k not in ("start", "end")} | {"wall_s": e["end"] - e["start"]} for e in measured],
     }
     print(
-        f"{result['gpu']}: {result['images_per_s']:.1f} images/s, {result['step_ms']:.0f} ms/step, data wait "
-        f"{result['data_wait_ms_per_step']:.1f} ms/step, GPU busy {result['gpu_busy_percent']}% over {len(measured)} epochs"
+        f"{result['gpu']}: {result['images_per_s']:.1f} images/s, {result['step_ms']:.0f} ms/step, between batches "
+        f"{result['between_batches_ms_per_step']:.1f} ms/step of which loader wait {result['loader_wait_ms_per_step']:.1f}, "
+        f"GPU busy {result['gpu_busy_percent']}% over {len(measured)} epochs"
     )
     write_json(result, args.out)
     return result
