@@ -25,9 +25,11 @@ import ray
 import torch
 from omegaconf import DictConfig, OmegaConf
 from ray import tune
+from ray.tune.result import TRIAL_ID
 from rich.console import Console
 
 from automl.actions.evaluate import evaluate_checkpoint, write_metrics
+from automl.ended_trials import EndedTrials, ended_trials, start_ledger
 from automl.files import copy_file, write_json
 from automl.host import usable_cores
 from automl.model_registry import publish_winner
@@ -51,6 +53,7 @@ log = logging.getLogger(__name__)
 console = Console()
 SWEEP_STATE = "sweep.json"  # beside the Ray experiment: the MLflow parent run to continue
 STATE_DIGESTS = "state-digests.json"  # beside it: the keyed digests --resume checks (resume_guard)
+ENDED_TRIALS = "ended-trials.txt"  # beside it: the ids of the trials that ran to their end (ended_trials)
 
 
 class SweepInterrupted(Exception):
@@ -178,6 +181,7 @@ class _Store:
     shown: str  # the experiment for messages, credentials redacted
     state_file: Path  # the MLflow parent run to continue
     digests: Path  # the keyed digests --resume checks
+    ended: Path  # the ledger of the trials that ran to their end
     local: bool  # on this machine's disk (state signed and verified) rather than object storage
 
     @property
@@ -210,7 +214,8 @@ def _locate(sweep: _Sweep, resume: bool) -> _Store:
     filesystem, path = sweep_filesystem(storage)
     store = _Store(
         filesystem, path, f"{path}/{sweep.name}", f"{redact(storage).rstrip('/')}/{sweep.name}",
-        sweep.root / f"{sweep.name}.{SWEEP_STATE}", sweep.root / f"{sweep.name}.{STATE_DIGESTS}", not is_remote(storage),
+        sweep.root / f"{sweep.name}.{SWEEP_STATE}", sweep.root / f"{sweep.name}.{STATE_DIGESTS}",
+        sweep.root / f"{sweep.name}.{ENDED_TRIALS}", not is_remote(storage),
     )  # fmt: skip
     if resume and not tune.Tuner.can_restore(store.experiment, storage_filesystem=store.tune_filesystem):
         raise UserError(f"--resume: no sweep to continue at {store.shown}; run without --resume to start one")
@@ -278,6 +283,7 @@ def _fit(
                 store.experiment, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=store.tune_filesystem
             )
         else:
+            start_ledger(store.ended)  # the ledger of an earlier sweep of this name may remain
             tuner = _new_tuner(sweep, store, trainable, searcher, callback)
         console.print(f"trials start {time.monotonic() - started:.1f} s after the sweep began (checks, the data decoded once, Ray)", highlight=False)
         return tuner.fit()
@@ -325,7 +331,8 @@ def _new_tuner(sweep: _Sweep, store: _Store, trainable: Any, searcher: Any, call
             # (what --resume restores after a kill) may name any of them, and PBT clones
             # other trials' older ones. _prune_checkpoints trims them once the sweep ends.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None, checkpoint_score_attribute=sweep.metric, checkpoint_score_order=sweep.mode),
-            callbacks=[callback, *([ResumeGuard(Path(store.experiment), store.digests)] if store.local else []), *([sweep.packer] if sweep.packer else [])],
+            # The ledger first: a later callback that fails must not keep an ended trial out of it.
+            callbacks=[EndedTrials(store.ended), callback, *([ResumeGuard(Path(store.experiment), store.digests)] if store.local else []), *([sweep.packer] if sweep.packer else [])],
             verbose=0,
         ),
     )  # fmt: skip
@@ -333,7 +340,7 @@ def _new_tuner(sweep: _Sweep, store: _Store, trainable: Any, searcher: Any, call
 
 def _check_complete(results: tune.ResultGrid, sweep: _Sweep, store: _Store, tracker: Tracker, parent_id: str) -> None:
     """Raise SweepInterrupted when trials are left (Ctrl-C: Tune saved its state), SweepFailed when none scored."""
-    done = _trials_done(results)
+    done = _trials_done(results, ended_trials(store.ended))
     if done < sweep.spec.automl.num_samples:
         tracker.end_run(parent_id, "KILLED")
         raise SweepInterrupted(f"sweep interrupted with {done} of {sweep.spec.automl.num_samples} trials done")
@@ -484,10 +491,10 @@ def _drop_training_state(filesystem: pyarrow.fs.FileSystem, path: str) -> None:
     filesystem.move(f"{path}.tmp", path)
 
 
-def _trials_done(results: Any) -> int:
-    """Trials that ended on their own (ran out, stopped by the scheduler, or failed); a trial
-    that Ctrl-C stopped is not done."""
-    return sum(1 for result in results if result.error is not None or result.metrics.get("done"))
+def _trials_done(results: Any, ended: set[str]) -> int:
+    """Trials that ended on their own: those that ran out or were stopped by the scheduler (the
+    ledger `ended`), and those that failed. A trial that Ctrl-C or a kill stopped is neither."""
+    return sum(1 for result in results if result.error is not None or result.metrics.get(TRIAL_ID) in ended)
 
 
 def _all_failed(results: Any, metric: str, experiment: str) -> str | None:

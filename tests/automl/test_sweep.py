@@ -8,14 +8,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
+from automl.ended_trials import ended_trials
 from automl.search.study import study_storage
 from automl.resume_guard import verify as verify_state
-from automl.sweep import STATE_DIGESTS, SweepFailed, run_sweep
+from automl.sweep import ENDED_TRIALS, STATE_DIGESTS, SweepFailed, _trials_done, run_sweep
 from automl.tracking import TRIAL_TAG, tracking_uri
 from model.checkpoint import read_checkpoint
 from model.errors import UserError
@@ -201,20 +203,35 @@ def signed(experiment):
     return True
 
 
-def saved_checkpoints(experiment):
-    """{trial id: its newest checkpoint folder} in the experiment state Tune last saved (what --resume reads)."""
+def saved_trials(experiment):
+    """[(trial state, its run metadata)] in the experiment state Tune last saved (what --resume reads)."""
     for path in experiment.glob("experiment_state-*.json"):
         try:
             trials = json.loads(path.read_text())["trial_data"]
         except (OSError, ValueError):  # being rewritten
-            return {}
-        newest = {}
-        for state, meta in trials:
-            manager = bytes.fromhex(json.loads(meta)["checkpoint_manager"]["value"])  # Tune pickles it
-            found = sorted(set(re.findall(rb"checkpoint_\d{6}", manager)))
-            newest[json.loads(state)["trial_id"]] = found[-1].decode() if found else None
-        return newest
-    return {}
+            return []
+        return [(json.loads(state), json.loads(meta)) for state, meta in trials]
+    return []
+
+
+def saved_checkpoints(experiment):
+    """{trial id: its newest checkpoint folder} in the saved experiment state."""
+    newest = {}
+    for state, meta in saved_trials(experiment):
+        manager = bytes.fromhex(meta["checkpoint_manager"]["value"])  # Tune pickles it
+        found = sorted(set(re.findall(rb"checkpoint_\d{6}", manager)))
+        newest[state["trial_id"]] = found[-1].decode() if found else None
+    return newest
+
+
+def trial_reports(experiment):
+    """{trial id: the results Tune wrote to its result.json} for the trials that reported."""
+    reports = {}
+    for path in experiment.glob("run_trial_*/result.json"):
+        lines = [json.loads(line) for line in path.read_text().splitlines()]
+        if lines:
+            reports[lines[0]["trial_id"]] = lines
+    return reports
 
 
 def test_kill_9_in_the_last_epoch_then_resume_keeps_the_finished_trial_and_continues_the_other(synthetic_data, tmp_path):
@@ -248,6 +265,50 @@ def test_kill_9_in_the_last_epoch_then_resume_keeps_the_finished_trial_and_conti
     assert len(steps) == len(set(steps)) == 3  # continued, not restarted (a restart logs an epoch's step twice)
     for trial_dir in experiment.glob("run_trial_*"):
         assert list(trial_dir.glob("checkpoint_*/model_at_validation.pth")), trial_dir
+
+
+def test_kill_9_right_after_an_asha_stop_then_resume_counts_the_stopped_trial(synthetic_data, tmp_path):
+    # ASHA stops the first trial at its second and last validation, and Tune starts the second
+    # trial. The kill comes as soon as the state Tune
+    # saved (and the sweep signed) has the first trial TERMINATED and the second one started
+    # (a trial started after Tune's last save is not in it: the searcher proposes another). Tune
+    # handles a stop at a rung the same way: the scheduler's decision, no last report of the trial's own.
+    args = ["automl.num_samples=2", "automl.max_epochs=2", "train.validation_interval=1", "automl.grace_period=1", "automl.scheduler=asha"]
+    experiment = tmp_path / "automl" / "synthetic_smoke"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+    def stopped_and_next_saved():
+        trials = saved_trials(experiment)
+        stopped = [state["trial_id"] for state, _ in trials if state["status"] == "TERMINATED"]
+        return stopped if len(trials) == 2 and signed(experiment) else []
+
+    first = launch(args, tmp_path, synthetic_data, env={"TUNE_GLOBAL_CHECKPOINT_S": "0.3"})
+    [stopped] = wait_for(lambda: stopped_and_next_saved() or (first.poll() is not None and pytest.fail(first.stdout.read())), interval=0.05)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    [finished] = finished_children(uri)
+    assert finished.data.tags[TRIAL_TAG] == stopped
+    assert ended_trials(experiment.parent / f"synthetic_smoke.{ENDED_TRIALS}") == {stopped}  # on disk before the kill
+    assert len(trial_reports(experiment)[stopped]) == 2
+
+    second = launch(["--resume", *args], tmp_path, synthetic_data)
+    output = second.communicate(timeout=600)[0]
+    assert second.returncode == 0, output  # every trial counted, none left: not "interrupted"
+    client = MlflowClient(uri)
+    runs = {r.data.tags[TRIAL_TAG]: r for r in client.search_runs([finished.info.experiment_id], "tags.`mlflow.parentRunId` != ''")}
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs.values())
+    assert runs[stopped].info.end_time == finished.info.end_time  # untouched by the resume
+    reports = trial_reports(experiment)
+    assert len(reports[stopped]) == 2 and all(len(r) == 2 for r in reports.values())  # the stopped trial not run again
+
+
+def test_a_trial_is_done_when_the_ledger_has_it_or_it_failed_whatever_its_saved_last_result():
+    # Tune may save a trial that ran out without `done` in its last result; Ctrl-C leaves running
+    # trials with reports but neither in the ledger nor failed.
+    ran_out = SimpleNamespace(error=None, metrics={"trial_id": "a", "training_iteration": 3})
+    failed = SimpleNamespace(error=RuntimeError("boom"), metrics={})
+    interrupted = SimpleNamespace(error=None, metrics={"trial_id": "c", "training_iteration": 1})
+    assert _trials_done([ran_out, failed, interrupted], {"a"}) == 2
 
 
 def test_resume_without_a_sweep_is_refused(smoke_spec):
