@@ -37,7 +37,7 @@ from automl.packing import OOM_REQUEUES, gpu_packer, without_auto_gpu
 from automl.report import write_report
 from automl.resume_guard import ResumeGuard
 from automl.resume_guard import verify as verify_state
-from automl.search import SearchSpace, build_scheduler, build_searcher, check_combination, resolve_search_space
+from automl.search import RESUMING_SCHEDULERS, SearchSpace, build_scheduler, build_searcher, check_combination, resolve_search_space
 from automl.search.study import study_file, study_storage, warm_start_points
 from automl.shared_data import decode_data
 from automl.storage import exists, sweep_filesystem, worker_env
@@ -83,6 +83,11 @@ class SweepResult:
 
 # Ray Tune's setting of how many trials may wait for resources at once (default: one, for searchers).
 MAX_PENDING = "TUNE_MAX_PENDING_TRIALS_PG"
+# Ray Tune's setting of how long a reused trial process waits for the ended trial's thread (its
+# Lightning teardown) before Tune gives up on reusing it and fails the next trial. Tune's 2 s
+# is shorter than a GPU trial's teardown.
+THREAD_TIMEOUT = "TUNE_FUNCTION_THREAD_TIMEOUT_S"
+THREAD_TIMEOUT_S = 120
 
 
 def sweep_dir(spec: DictConfig) -> Path:
@@ -116,6 +121,21 @@ def trial_resources(spec: DictConfig) -> dict[str, float]:
     if requested.get("gpu", 0) > 1 and requested["gpu"] != int(requested["gpu"]):
         raise UserError(f"automl.resources_per_trial.gpu: {requested['gpu']} — above one GPU, ask for whole GPUs")
     return requested
+
+
+def reuses_processes(spec: DictConfig) -> bool:
+    """Whether a trial may start in the process of an ended trial with the same resources (Tune's
+    `reuse_actors`), sparing the process start (imports, the CUDA context).
+
+    Not for multi-worker trials: Tune stops a trial by answering its report, but their process
+    waits in Ray Train instead, so one the scheduler stopped would train on to its end, its
+    workers holding their GPUs, and the next trial would fail if that outlasted the reset's
+    timeout; and what reuse spares is in the workers, which Ray Train starts for every run anyway.
+    Not with a scheduler that pauses trials and resumes them (PBT's exploits, HyperBand's rungs):
+    Tune may restart a paused trial in its process at once, and its loggers then copy the trial's
+    result.json back from the storage, which Tune has not yet synced with the newest reports
+    (in the PBT test, two or three of an exploited trial's five)."""
+    return trial_workers(spec) == 1 and spec.automl.scheduler not in RESUMING_SCHEDULERS
 
 
 def trials_at_once(cluster: Mapping[str, float], cpu: float, gpu: float) -> int:
@@ -320,7 +340,7 @@ def _new_tuner(sweep: _Sweep, store: _Store, trainable: Any, searcher: Any, call
         # metric and mode live in the searcher and the scheduler (Tune refuses them twice).
         tune_config=tune.TuneConfig(
             search_alg=searcher, scheduler=sweep.scheduler, num_samples=automl.num_samples,
-            max_concurrent_trials=(automl.max_concurrent or None) if pbt else None,
+            max_concurrent_trials=(automl.max_concurrent or None) if pbt else None, reuse_actors=reuses_processes(sweep.spec),
         ),
         run_config=tune.RunConfig(
             name=sweep.name,
@@ -384,8 +404,10 @@ def _parent_run(tracker: Tracker, spec: DictConfig, spec_path: Any, state_file: 
 def _start_ray(spec: DictConfig) -> None:
     # Checkpoints every validation are the point here; Tune's warning about them is noise.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    env = worker_env()  # the object-storage endpoint, also for workers on other machines
-    runtime_env = {"env_vars": env} if env else None
+    # The object-storage endpoint, also for workers on other machines, and the reset timeout of a
+    # reused trial process (read there).
+    env = {**worker_env(), THREAD_TIMEOUT: os.environ.get(THREAD_TIMEOUT, str(THREAD_TIMEOUT_S))}
+    runtime_env = {"env_vars": env}
     # The experiment state (what --resume restores) saved every second rather than every 10 s
     # or more: after a kill -9 a trial resumes from its newest checkpoint, not from scratch.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")

@@ -1,12 +1,14 @@
 """What one sweep trial runs: the spec with the trial's values, trained by `run_training`, reported to Tune.
 
-A trial whose resources hold one GPU or less trains in the trial process itself. A trial of
-several GPUs builds a Ray Train `TorchTrainer` whose workers run the same Lightning training
-with Ray's DDP strategy; their reports reach Tune through Ray's Tune-report callback.
+A trial whose resources hold one GPU or less trains in the trial process itself, which may have
+run an earlier trial (Tune's `reuse_actors`). A trial of several GPUs builds a Ray Train
+`TorchTrainer` whose workers run the same Lightning training with Ray's DDP strategy; their
+reports reach Tune through Ray's Tune-report callback.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import tempfile
@@ -75,10 +77,21 @@ def run_trial(
     if workers > 1:
         _fit_with_ray_train(spec, metric, timeout_minutes, workers, context.get_trial_name(), trial_dir, cpus_per_worker)
         return
+    _release_earlier_trial()
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:  # a retry after a crash, or a PBT exploit: continue from there
         spec.train.resume_training_checkpoint_path = _local_copy(checkpoint, trial_dir)
     _train(spec, metric, timeout_minutes, tune.report, data=data)
+
+
+def _release_earlier_trial() -> None:
+    """Free what an earlier trial in this process left: its model, loaders and optimiser (cycles
+    that only a collection frees) and the GPU blocks PyTorch kept cached for it, so that this trial
+    has the memory its GPU share was sized for. Done here rather than as that trial ended: one the
+    scheduler stopped ends by an exception whose traceback holds its frames until its thread is gone."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _train(spec: DictConfig, metric: str, timeout_minutes: float, report: Callable[..., None], **training_args: Any) -> None:

@@ -38,6 +38,8 @@ ALGORITHMS = ("tpe", "random", "grid", "gp", "cmaes", "bohb", "pbt")
 SCHEDULERS = ("asha", "hyperband", "median", "pbt", "fifo")
 # BOHB is Bayesian search plus bandit-style early stopping: it needs one of these schedulers.
 BOHB_SCHEDULERS = ("hyperband", "asha")
+# These pause trials and resume them later from their checkpoints (the others only stop them).
+RESUMING_SCHEDULERS = ("hyperband", "pbt")
 # Optuna's grid sampler lists every combination up front; past this a grid search is a mistake.
 MAX_GRID_SIZE = 10_000
 

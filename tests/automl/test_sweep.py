@@ -269,7 +269,7 @@ def test_kill_9_in_the_last_epoch_then_resume_keeps_the_finished_trial_and_conti
 
 def test_kill_9_right_after_an_asha_stop_then_resume_counts_the_stopped_trial(synthetic_data, tmp_path):
     # ASHA stops the first trial at its second and last validation, and Tune starts the second
-    # trial. The kill comes as soon as the state Tune
+    # trial in the first one's process (reuse_actors). The kill comes as soon as the state Tune
     # saved (and the sweep signed) has the first trial TERMINATED and the second one started
     # (a trial started after Tune's last save is not in it: the searcher proposes another). Tune
     # handles a stop at a rung the same way: the scheduler's decision, no last report of the trial's own.
@@ -300,6 +300,17 @@ def test_kill_9_right_after_an_asha_stop_then_resume_counts_the_stopped_trial(sy
     assert runs[stopped].info.end_time == finished.info.end_time  # untouched by the resume
     reports = trial_reports(experiment)
     assert len(reports[stopped]) == 2 and all(len(r) == 2 for r in reports.values())  # the stopped trial not run again
+
+
+def test_consecutive_trials_of_a_one_at_a_time_sweep_run_in_one_process(synthetic_data, tmp_path):
+    # Tune's reuse_actors: a trial starts in the process of the trial that ended (no new
+    # interpreter, imports or CUDA context). Tune writes the process id with every report.
+    sweep = launch(["automl.num_samples=3", "automl.max_epochs=1"], tmp_path, synthetic_data)
+    output = sweep.communicate(timeout=600)[0]
+    assert sweep.returncode == 0, output
+    reports = trial_reports(tmp_path / "automl" / "synthetic_smoke")
+    assert len(reports) == 3
+    assert len({report["pid"] for trial in reports.values() for report in trial}) == 1, reports
 
 
 def test_a_trial_is_done_when_the_ledger_has_it_or_it_failed_whatever_its_saved_last_result():
@@ -400,3 +411,6 @@ def test_population_based_training_clones_and_mutates_trials(synthetic_data, tmp
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("synthetic_smoke").experiment_id], "tags.`mlflow.parentRunId` != ''")
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    # Every report the driver logged is in the trial's result.json too (what the sweep's results are read from).
+    logged = {r.data.tags[TRIAL_TAG]: len(client.get_metric_history(r.info.run_id, "PQ")) for r in runs}
+    assert logged == {trial: len(lines) for trial, lines in trial_reports(experiment).items()}

@@ -8,7 +8,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from automl.spec import load_spec
-from automl.sweep import trials_at_once
+from automl.sweep import reuses_processes, trials_at_once
 from automl.trial import trial_spec
 from tests.conftest import SMOKE_SPEC
 
@@ -53,3 +53,20 @@ def test_a_sweep_confined_to_one_core_starts_ray_with_one_cpu(tmp_path):
 )
 def test_trials_that_fit_side_by_side_may_wait_for_resources_together(cluster, cpu, gpu, expected):
     assert trials_at_once(cluster, cpu, gpu) == expected
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ([], True),  # one process a trial, ASHA
+        (["automl.scheduler=fifo"], True),
+        (["automl.scheduler=median"], True),
+        (["automl.resources_per_trial={cpu: 2, gpu: 0.5}"], True),
+        (["train.num_gpus=2"], False),  # a Ray Train run: its workers are new processes anyway
+        (["automl.resources_per_trial={gpu: 2}"], False),
+        (["automl.algorithm=pbt", "automl.scheduler=pbt"], False),  # paused trials resume from checkpoints
+        (["automl.algorithm=bohb", "automl.scheduler=hyperband"], False),
+    ],
+)
+def test_a_trial_starts_in_an_ended_trials_process_unless_it_runs_ray_train_or_is_paused_and_resumed(overrides, expected):
+    assert reuses_processes(load_spec(SMOKE_SPEC, overrides)) is expected
