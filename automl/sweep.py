@@ -515,8 +515,9 @@ def _drop_training_state(filesystem: pyarrow.fs.FileSystem, path: str) -> None:
 
 def _trials_done(results: Any, ended: set[str]) -> int:
     """Trials that ended on their own: those that ran out or were stopped by the scheduler (the
-    ledger `ended`), and those that failed. A trial that Ctrl-C or a kill stopped is neither."""
-    return sum(1 for result in results if result.error is not None or result.metrics.get(TRIAL_ID) in ended)
+    ledger `ended`, or `done` in the saved last result: a sweep started before the ledger existed
+    has only that), and those that failed. A trial that Ctrl-C or a kill stopped is neither."""
+    return sum(1 for result in results if result.error is not None or result.metrics.get(TRIAL_ID) in ended or result.metrics.get("done"))
 
 
 def _all_failed(results: Any, metric: str, experiment: str) -> str | None:

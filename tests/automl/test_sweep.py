@@ -320,6 +320,9 @@ def test_a_trial_is_done_when_the_ledger_has_it_or_it_failed_whatever_its_saved_
     failed = SimpleNamespace(error=RuntimeError("boom"), metrics={})
     interrupted = SimpleNamespace(error=None, metrics={"trial_id": "c", "training_iteration": 1})
     assert _trials_done([ran_out, failed, interrupted], {"a"}) == 2
+    # a sweep started before the ledger existed: its trials that ended carry `done`
+    earlier = SimpleNamespace(error=None, metrics={"trial_id": "d", "training_iteration": 3, "done": True})
+    assert _trials_done([earlier, interrupted], set()) == 1
 
 
 def test_resume_without_a_sweep_is_refused(smoke_spec):
