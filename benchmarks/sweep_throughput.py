@@ -10,11 +10,12 @@ with `results_dir` under --work, then reads the sweep back from its MLflow store
 - `spaces` cases: one sweep per search space of --spaces (default, tao, quick), ASHA: the best
   score within the same time.
 
-The cases share --budget-s equally on one clock: each one runs (Ray start-up included) until
-its share is nearly spent, is stopped with Ctrl-C as a user would, killed if it has not ended
-in time, and read back before its share ends; a share below --case-floor-s is refused before
-anything runs. The data is written (or found in --data) before the clock starts. Prints a
-table per experiment and writes everything to --out.
+--budget-s is the wall time of the whole run, writing the data included (a call's limit can be
+given as it is). The data is written (or found in --data) first; the cases then share what is
+left equally on one clock: each one runs (Ray start-up included) until its share is nearly
+spent, is stopped with Ctrl-C as a user would, killed if it has not ended in time, and read
+back before its share ends; a share below --case-floor-s is refused. Prints a table per
+experiment and writes everything to --out, after every case (a run cut short keeps its cases).
 
     # GPU machine (one H100), the numbers in one call of at most 420 s: 6 cases of 63 s,
     # trials of 2 epochs over 45 training images so that a case can end several
@@ -176,7 +177,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--num-samples", type=int, default=1000, help="trials of each resources case (at most: the case ends with its share of the budget)")
     p.add_argument("--max-epochs", type=int, default=4)
     p.add_argument("--validation-interval", type=int, default=2)
-    p.add_argument("--budget-s", type=float, default=3600.0, help="wall time of all cases together, shared equally (data written before)")
+    p.add_argument("--budget-s", type=float, default=3600.0, help="wall time of the whole run, data writing included; the cases share what the data leaves")
     p.add_argument("--case-floor-s", type=float, default=60.0, help="the least share of a case: Ray start-up, a first trial, the stop and the reading")
     p.add_argument("--override", nargs="*", default=[], help="extra dotted spec overrides for every case (e.g. train.cuda_graph=true)")
     p.add_argument("--work", type=Path, default=ROOT / "results" / "sweep_throughput")
@@ -189,6 +190,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    started = time.monotonic()
     args = parse_args(argv)
     spec = ROOT / "experiments" / "synthetic_smoke.yaml" if args.tiny else args.spec
     size = 128 if args.tiny else args.size
@@ -199,9 +201,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         write_synthetic_dataset(data, num_images=args.num_images, size=(size, size), seed=0)
     common = [*data_overrides(data), *([] if args.tiny else size_overrides(size)), "automl.policy=on",
               f"automl.max_epochs={args.max_epochs}", f"train.validation_interval={args.validation_interval}", "automl.max_concurrent=0", *args.override]  # fmt: skip
-    share = args.budget_s / (len(args.resources) + len(args.spaces))
+    cases = len(args.resources) + len(args.spaces)
+    share = (args.budget_s - (time.monotonic() - started)) / cases
+    if share < args.case_floor_s:
+        raise SystemExit(f"--budget-s {args.budget_s:g}: writing the data left {share:.0f} s a case, below --case-floor-s {args.case_floor_s:g}")
     record: dict[str, Any] = {"spec": str(spec), "data": str(data), "size": size, "case_s": share, "args": {k: str(v) for k, v in vars(args).items()}, "resources": [], "spaces": []}
-    print(f"data ready in {data}; {len(args.resources) + len(args.spaces)} cases of {share:.0f} s", flush=True)
+    print(f"data ready in {data} after {time.monotonic() - started:.0f} s; {cases} cases of {share:.0f} s", flush=True)
     start = time.monotonic()
 
     def time_left(case: int) -> float:
@@ -213,16 +218,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                      f"automl.num_samples={args.num_samples}", "automl.scheduler=fifo"]  # fmt: skip
         run = run_sweep(spec, overrides, args.work / f"resources_{len(record['resources'])}", time_left(len(record["resources"])))
         record["resources"].append({"resources_per_trial": resources, **run, "summary": summarise(run)})
+        write_json(record, args.out, quiet=True)
     for space in args.spaces:
         overrides = [*common, f"automl.resources_per_trial={args.space_resources}", f"automl.search_space={space}",
                      "automl.num_samples=1000", "automl.scheduler=asha", "automl.grace_period=1"]  # fmt: skip
         run = run_sweep(spec, overrides, args.work / f"space_{space}", time_left(len(args.resources) + len(record["spaces"])))
         record["spaces"].append({"search_space": space, **run, "summary": summarise(run)})
+        write_json(record, args.out, quiet=True)
     record["elapsed_s"] = time.monotonic() - start
     print_table(f"Trials per hour ({args.space} space, trials of {args.max_epochs} epochs, FIFO, {share:.0f} s each)",
                 [(r["resources_per_trial"], r["summary"]) for r in record["resources"]])  # fmt: skip
     print_table(f"Best PQ after {share:.0f} s ({args.space_resources}, ASHA)", [(r["search_space"], r["summary"]) for r in record["spaces"]])
-    print(f"\n{len(args.resources) + len(args.spaces)} cases in {record['elapsed_s']:.0f} s (budget {args.budget_s:g} s)")
+    print(f"\n{cases} cases in {record['elapsed_s']:.0f} s (budget {args.budget_s:g} s)")
     write_json(record, args.out)
     return record
 
