@@ -160,18 +160,28 @@ def gpu_packer(spec: DictConfig, space: SearchSpace, sweep_root: Path, name: str
 
 
 def probe_peak_memory(base_spec: Mapping[str, Any], config: Mapping[str, Any]) -> int:
-    """Peak GPU memory (bytes reserved by PyTorch) of a few training steps and one validation batch of
-    `config`, in a fresh process so the driver holds no CUDA context."""
+    """Peak GPU memory (bytes reserved by PyTorch) of a few training steps and one validation batch of `config`."""
+    return probe_memory(base_spec, config)["reserved"]
+
+
+def probe_memory(
+    base_spec: Mapping[str, Any], config: Mapping[str, Any], steps: int = PROBE_STEPS, validate: bool = True, env: Mapping[str, str] | None = None
+) -> dict[str, int]:
+    """Peak GPU memory, bytes {"allocated", "reserved"} by PyTorch, of `steps` training steps (and one
+    validation batch) of `config`, in a fresh process so the caller holds no CUDA context; `env`
+    is added to that process's environment (e.g. PYTORCH_CUDA_ALLOC_CONF)."""
     with tempfile.TemporaryDirectory(prefix="gpu_probe_") as directory:
         request = Path(directory) / "probe.json"
-        request.write_text(json.dumps({"spec": base_spec, "config": dict(config), "out": directory}))
-        done = subprocess.run([sys.executable, "-m", "automl.packing", str(request)], capture_output=True, text=True)
+        request.write_text(json.dumps({"spec": base_spec, "config": dict(config), "out": directory, "steps": steps, "validate": validate}))
+        done = subprocess.run(
+            [sys.executable, "-m", "automl.packing", str(request)], capture_output=True, text=True, env={**os.environ, **(env or {})}
+        )
         if done.returncode < 0 or done.stderr.rstrip().endswith("KeyboardInterrupt"):
             raise ProbeInterrupted(f"GPU memory probe interrupted (exit {done.returncode})")
         if done.returncode != 0:
             lines = [line for line in done.stderr.splitlines() if line.strip()]
             raise RuntimeError(f"GPU memory probe failed ({lines[-1].strip() if lines else f'exit {done.returncode}'})")
-        return int(json.loads((Path(directory) / "peak.json").read_text())["peak_bytes"])
+        return json.loads((Path(directory) / "peak.json").read_text())
 
 
 def _probe(request_file: str) -> None:
@@ -185,11 +195,12 @@ def _probe(request_file: str) -> None:
     spec = apply_values(request["spec"], {**request["config"], "train.results_dir": request["out"]})
     spec.train.resume_training_checkpoint_path = ""
     run_training(
-        spec, progress=False, keep_checkpoints=False, max_epochs=1, limit_train_batches=PROBE_STEPS, limit_val_batches=1,
-        num_sanity_val_steps=0, logger=False,
+        spec, progress=False, keep_checkpoints=False, max_epochs=1, limit_train_batches=request["steps"],
+        limit_val_batches=1 if request["validate"] else 0, num_sanity_val_steps=0, logger=False,
     )  # fmt: skip
-    peak = torch.cuda.max_memory_reserved() if torch.cuda.is_available() else 0
-    (Path(request["out"]) / "peak.json").write_text(json.dumps({"peak_bytes": peak}))
+    cuda = torch.cuda.is_available()
+    peaks = {"allocated": torch.cuda.max_memory_allocated() if cuda else 0, "reserved": torch.cuda.max_memory_reserved() if cuda else 0}
+    (Path(request["out"]) / "peak.json").write_text(json.dumps(peaks))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """Peak GPU memory of a trial's first training steps (and one validation batch), under spec variants.
 
-What `automl.resources_per_trial: {gpu: auto}` packs by: each case runs `run_training` for a few
-steps in a fresh process (as the packer's probe does) and reports PyTorch's peak allocated and
-reserved memory. The default cases separate training from validation, the batch, the crop, the
-cuDNN flags and the allocator's expandable segments.
+What `automl.resources_per_trial: {gpu: auto}` packs by: each case runs the packer's own probe
+(`automl.packing.probe_memory`: a few training steps in a fresh process) on the spec with the case's
+values and reports PyTorch's peak allocated and reserved memory. The default cases separate training
+from validation, the batch, the crop, the cuDNN flags and the allocator's expandable segments.
 
     python benchmarks/trial_memory.py --data data/synthetic512 --out $OUT/trial_memory.json
 """
@@ -11,54 +11,34 @@ cuDNN flags and the allocator's expandable segments.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Sequence
+
+from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from automl.packing import probe_memory  # noqa: E402
+from automl.spec import load_spec  # noqa: E402
+from automl.synthetic_data import data_overrides  # noqa: E402
 from benchmarks._common import cell, write_json  # noqa: E402
 
 EXPANDABLE = {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
-# name -> (spec overrides, validate one batch, extra environment)
-CASES: dict[str, tuple[list[str], bool, dict[str, str]]] = {
-    "train + 1 val batch": ([], True, {}),
-    "train only": ([], False, {}),
-    "train only, cudnn.deterministic=false": (["train.cudnn.deterministic=false"], False, {}),
-    "train + val, cudnn.deterministic=false": (["train.cudnn.deterministic=false"], True, {}),
-    "train + val, val batch 1": (["dataset.val.batch_size=1"], True, {}),
-    "train only, batch 2": (["dataset.train.batch_size=2"], False, {}),
-    "train only, crop 256": (["dataset.augmentation.train_crop_size=[256,256]"], False, {}),
-    "train + val, expandable segments": ([], True, EXPANDABLE),
+# name -> (the trial's values, validate one batch, extra environment)
+CASES: dict[str, tuple[dict[str, Any], bool, dict[str, str]]] = {
+    "train + 1 val batch": ({}, True, {}),
+    "train only": ({}, False, {}),
+    "train only, cudnn.deterministic=false": ({"train.cudnn.deterministic": False}, False, {}),
+    "train + val, cudnn.deterministic=false": ({"train.cudnn.deterministic": False}, True, {}),
+    "train + val, val batch 1": ({"dataset.val.batch_size": 1}, True, {}),
+    "train only, batch 2": ({"dataset.train.batch_size": 2}, False, {}),
+    "train only, crop 256": ({"dataset.augmentation.train_crop_size": [256, 256]}, False, {}),
+    "train + val, expandable segments": ({}, True, EXPANDABLE),
 }
-CHILD = """
-import json, sys, time, torch
-from automl.spec import load_spec
-from automl.training import run_training
-request = json.loads(sys.argv[1])
-spec = load_spec(request["spec"], request["overrides"])
-started = time.monotonic()
-run_training(spec, progress=False, keep_checkpoints=False, max_epochs=1, limit_train_batches=request["steps"],
-             limit_val_batches=1 if request["validate"] else 0, num_sanity_val_steps=0, logger=False)
-print("RESULT " + json.dumps({"allocated_gib": torch.cuda.max_memory_allocated() / 2**30,
-                              "reserved_gib": torch.cuda.max_memory_reserved() / 2**30, "wall_s": time.monotonic() - started}))
-"""
-
-
-def measure(spec: str, overrides: list[str], validate: bool, steps: int, env: dict[str, str]) -> dict[str, Any]:
-    request = {"spec": spec, "overrides": overrides, "validate": validate, "steps": steps}
-    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    done = subprocess.run([sys.executable, "-c", CHILD, json.dumps(request)], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": path, **env})
-    for line in done.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT ") :])
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
-    return {"error": lines[-1] if lines else f"exit {done.returncode}"}
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -72,20 +52,26 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--out", default=str(ROOT / "results" / "trial_memory.json"))
     args = p.parse_args(argv)
 
-    from automl.synthetic_data import data_overrides
-
     if not (args.data / "label_map.json").exists():
         from model.data import write_synthetic_dataset
 
         write_synthetic_dataset(args.data, num_images=args.num_images, size=(args.size, args.size), seed=0)
-    common = [*data_overrides(args.data.resolve()), f"results_dir={ROOT / 'results' / 'trial_memory'}"]
+    spec = load_spec(args.spec, [*data_overrides(args.data.resolve()), f"results_dir={ROOT / 'results' / 'trial_memory'}"])
+    base = OmegaConf.to_container(spec, resolve=True)
     record: dict[str, Any] = {"spec": args.spec, "data": str(args.data), "steps": args.steps, "cases": []}
-    print("| case | allocated GiB | reserved GiB | wall s |\n|---|---:|---:|---:|", flush=True)
+    print("| case | allocated GiB | reserved GiB | wall s (process start included) |\n|---|---:|---:|---:|", flush=True)
     for name in args.cases:
-        overrides, validate, env = CASES[name]
-        row = {"case": name, "overrides": overrides, "validate": validate, "env": env, **measure(args.spec, [*common, *overrides], validate, args.steps, env)}
+        values, validate, env = CASES[name]
+        row: dict[str, Any] = {"case": name, "values": values, "validate": validate, "env": env}
+        started = time.monotonic()
+        try:
+            peaks = probe_memory(base, values, steps=args.steps, validate=validate, env=env)
+            row.update(allocated_gib=peaks["allocated"] / 2**30, reserved_gib=peaks["reserved"] / 2**30)
+        except RuntimeError as err:
+            row["error"] = str(err)
+        row["wall_s"] = time.monotonic() - started
         record["cases"].append(row)
-        print(f"| {name} | {cell(row.get('allocated_gib'), 2)} | {cell(row.get('reserved_gib'), 2)} | {cell(row.get('wall_s'), 1)} |" + (f" {row['error']}" if "error" in row else ""), flush=True)
+        print(f"| {name} | {cell(row.get('allocated_gib'), 2)} | {cell(row.get('reserved_gib'), 2)} | {cell(row['wall_s'], 1)} |" + (f" {row['error']}" if "error" in row else ""), flush=True)
         write_json(record, args.out, quiet=True)
     write_json(record, args.out)
     return record
