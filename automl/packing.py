@@ -79,6 +79,20 @@ def trials_per_gpu(share: float) -> int:
     return int(round(1 / share, 9) // 1)
 
 
+def keep_to_share(share: float) -> None:
+    """Cap this trial process's PyTorch allocator at `share` of its GPU (a packed trial's measured share).
+
+    Some allocations grow into whatever the GPU has free (cuDNN's FFT convolution workspaces):
+    uncapped, a packed trial could take its neighbours' memory. Capped, PyTorch's cuDNN falls
+    back to an algorithm whose workspace fits, and a trial that truly needs more fails with
+    CUDA out-of-memory, which re-queues it with a larger share. Set for every trial, as a
+    reused process may have held a different share before."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.set_per_process_memory_fraction(min(1.0, share))
+
+
 def is_cuda_oom(error_text: str) -> bool:
     return "OutOfMemoryError" in error_text or "CUDA out of memory" in error_text
 

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from ray import tune
 
 from automl.files import copy_file
+from automl.packing import keep_to_share
 from automl.shared_data import SharedData
 from automl.spec.load import apply_values
 from automl.training import run_training
@@ -62,13 +63,15 @@ def run_trial(
     workers: int = 1,
     cpus_per_worker: float = 1.0,
     data: SharedData | None = None,
+    packed: bool = False,
 ) -> None:
     """The Tune function trainable.
 
     workers == 1: Lightning in this process (one GPU, a slice of one, or CPUs). workers > 1: a
     Ray Train `TorchTrainer` of that many workers (one GPU each, or CPU processes with gloo when
     the machine has no GPU) running the same training with Ray's DDP strategy. data: the sweep's
-    decoded label map and annotations (from Ray's object store), which the trial reuses.
+    decoded label map and annotations (from Ray's object store), which the trial reuses. packed:
+    the GPU share was measured (`{gpu: auto}`): the trial keeps to it (`keep_to_share`).
     """
     context = tune.get_context()
     trial_dir = Path(context.get_trial_dir())  # <results_dir>/automl/<sweep>/<trial>
@@ -78,6 +81,8 @@ def run_trial(
         _fit_with_ray_train(spec, metric, timeout_minutes, workers, context.get_trial_name(), trial_dir, cpus_per_worker)
         return
     _release_earlier_trial()
+    if packed:
+        keep_to_share(context.get_trial_resources().required_resources.get("GPU", 1.0))
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:  # a retry after a crash, or a PBT exploit: continue from there
         spec.train.resume_training_checkpoint_path = _local_copy(checkpoint, trial_dir)

@@ -8,7 +8,7 @@ import pytest
 from ray.tune.execution.placement_groups import PlacementGroupFactory
 
 from automl import packing
-from automl.packing import GpuPacker, gpu_packer, gpu_share, is_cuda_oom, larger_share, trials_per_gpu, without_auto_gpu
+from automl.packing import GpuPacker, gpu_packer, gpu_share, is_cuda_oom, keep_to_share, larger_share, trials_per_gpu, without_auto_gpu
 from automl.search.space import space_from_mapping
 from automl.spec.load import load_spec
 from model.errors import UserError
@@ -37,6 +37,17 @@ def test_share_never_rounds_below_the_need():
         share = gpu_share(peak, H100)
         assert share * H100 >= (peak + packing.CUDA_CONTEXT_BYTES) * (1 + packing.SAFETY_MARGIN) or share == 1.0
         assert (share * 16).is_integer()
+
+
+def test_a_packed_trial_caps_its_allocator_at_its_share(monkeypatch):
+    import torch
+
+    fractions = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda fraction: fractions.append(fraction))
+    keep_to_share(0.1875)
+    keep_to_share(1.0)  # a reused process whose last trial was capped: the cap is lifted
+    assert fractions == [0.1875, 1.0]
 
 
 def test_larger_share_doubles_up_to_one_gpu():
