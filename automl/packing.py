@@ -1,11 +1,14 @@
 """Memory-aware packing: `automl.resources_per_trial: {gpu: auto}` gives each trial the GPU share it needs.
 
-A short probe of a trial's configuration (a few training steps and one validation batch at the
-spec's crop size and batch, in a subprocess) measures its peak GPU memory; the trial then asks
-Ray for that fraction of a GPU plus a safety margin, so as many trials share a GPU as fit.
-Probes are cached per network shape (the architecture keys of the config) in
-`<results_dir>/automl/<sweep>.gpu_shares.json`. A trial that still runs out of GPU memory is
-re-queued with twice its share (up to a whole GPU) instead of failing.
+One short probe per sweep (a few training steps and one validation batch, at the spec's crop
+size and batch, in a subprocess) measures the peak GPU memory of the largest network the search
+space can draw (every architecture key at its largest value, so it bounds every trial); each
+trial then asks Ray for that fraction of a GPU plus a safety margin, so as many trials share a
+GPU as fit, and is held to it (`keep_to_share`). One probe rather than one per network shape:
+each costs a process start and a model build, as much as a short trial, and it runs before any
+trial, on an idle GPU. The share is kept in `<results_dir>/automl/<sweep>.gpu_shares.json` for
+`--resume`. A trial that still runs out of GPU memory is re-queued with twice its share (up to a
+whole GPU), and the sweep's later trials get that share too.
 """
 
 from __future__ import annotations
@@ -97,9 +100,15 @@ def is_cuda_oom(error_text: str) -> bool:
     return "OutOfMemoryError" in error_text or "CUDA out of memory" in error_text
 
 
+def largest_network(space: SearchSpace) -> dict[str, int]:
+    """Every architecture key of the space (layer counts, widths, queries) at its largest value:
+    the network that needs the most memory of all the space can draw."""
+    return {p.key: max(p.grid_values()) for p in space if is_architecture(p.key, p.kind)}
+
+
 class GpuPacker(tune.Callback):
-    """Each trial's resources from its configuration (`resources`, for `tune.with_resources`), and
-    a bigger share for a trial that ran out of GPU memory (a Tune callback).
+    """Each trial's resources (`resources`, for `tune.with_resources`) from the share the probe
+    measured, and a bigger share after a trial ran out of GPU memory (a Tune callback).
 
     State lives in the shares file, because Tune holds its own copies of the trainable's resource
     function and of its callbacks.
@@ -109,38 +118,36 @@ class GpuPacker(tune.Callback):
         self.base_spec, self.space, self.shares_file = dict(base_spec), space, Path(shares_file)
         self.cpu, self.total_bytes = cpu, total_bytes
 
-    def shape_key(self, config: Mapping[str, Any]) -> str:
-        """What decides a trial's memory among its values: the network's shape (batch and crop are the spec's)."""
-        shape = {k: v for k, v in sorted(config.items()) if k in self.space.keys and is_architecture(k, self.space[k].kind)}
-        return json.dumps(shape)
+    def share(self) -> float:
+        """The GPU share of every trial: probed at the first call, then read from the shares file."""
+        shares = self._read()
+        if "share" not in shares:
+            probed = largest_network(self.space)
+            try:
+                peak = probe_peak_memory(self.base_spec, probed)
+                shares = {"probed": probed, "peak_mib": round(peak / 2**20), "share": gpu_share(peak, self.total_bytes)}
+            except ProbeInterrupted:  # Ctrl-C reaches the probe too: nothing learnt, nothing kept for --resume
+                return 1.0
+            except RuntimeError as err:  # e.g. the GPU is too full right now to probe: a whole GPU is safe
+                log.warning("GPU packing: %s; every trial gets a whole GPU", err)
+                shares = {"probed": probed, "peak_mib": None, "share": 1.0}
+            self._write(shares)
+            log.info("GPU packing: the largest network of the space %s peaked at %s MiB: %.4g of a GPU a trial (%d per GPU)",
+                     probed, shares["peak_mib"], shares["share"], trials_per_gpu(shares["share"]))  # fmt: skip
+        return shares["share"]
 
     def resources(self, config: dict) -> tune.PlacementGroupFactory:
-        key = self.shape_key(config)
-        shares = self._read()
-        if key not in shares:
-            try:
-                peak = probe_peak_memory(self.base_spec, config)
-                shares[key] = {"peak_mib": round(peak / 2**20), "share": gpu_share(peak, self.total_bytes)}
-            except ProbeInterrupted:  # Ctrl-C reaches the probe too: nothing learnt, nothing kept for --resume
-                return tune.PlacementGroupFactory([{"CPU": self.cpu, "GPU": 1.0}])
-            except RuntimeError as err:  # e.g. the GPU is too full right now to probe: a whole GPU is safe
-                log.warning("GPU packing: %s; giving %s a whole GPU", err, key)
-                shares[key] = {"peak_mib": None, "share": 1.0}
-            self._write(shares)
-            log.info("GPU packing: %s -> %s (%d per GPU)", key, shares[key], trials_per_gpu(shares[key]["share"]))
-        return tune.PlacementGroupFactory([{"CPU": self.cpu, "GPU": shares[key]["share"]}])
+        return tune.PlacementGroupFactory([{"CPU": self.cpu, "GPU": self.share()}])
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        """A trial about to be retried: after an out-of-memory error, with twice its GPU share."""
+        """A trial about to be retried: after an out-of-memory error, with twice its GPU share (and the trials after it)."""
         error = Path(trial.error_file).read_text(errors="replace") if trial.error_file and Path(trial.error_file).exists() else ""
         if not is_cuda_oom(error):
             return
-        shares = self._read()
-        key = self.shape_key(trial.config)
         old = float(trial.placement_group_factory.required_resources.get("GPU", 0.0))
         new = larger_share(old)
-        shares[key] = {**shares.get(key, {}), "share": max(new, shares.get(key, {}).get("share", 0.0))}
-        self._write(shares)
+        shares = self._read()
+        self._write({**shares, "share": max(new, shares.get("share", 0.0))})
         trial.update_resources(tune.PlacementGroupFactory([{"CPU": self.cpu, "GPU": new}]))
         log.warning("trial %s ran out of GPU memory with %.4g of a GPU: re-queued with %.4g", trial.trial_id, old, new)
 

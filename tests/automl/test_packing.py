@@ -1,4 +1,4 @@
-"""Memory-aware packing without a GPU: the share arithmetic, probes cached per network shape,
+"""Memory-aware packing without a GPU: the share arithmetic, one probe of the largest network per sweep,
 and a trial that ran out of GPU memory re-queued with a larger share."""
 
 import json
@@ -64,47 +64,50 @@ def test_cuda_oom_is_recognised_in_a_trial_error():
     assert not is_cuda_oom("RuntimeError: shape mismatch")
 
 
+LAYERS = "model.mask_former.dec_layers"
+
+
 @pytest.fixture
 def packer(tmp_path, monkeypatch):
     spec = load_spec(None)
-    space = space_from_mapping({LR: {"min": 1e-5, "max": 1e-3}, QUERIES: {"options": [100, 200]}}, spec, "test")
+    space = space_from_mapping({LR: {"min": 1e-5, "max": 1e-3}, QUERIES: {"options": [100, 200]}, LAYERS: {"min": 4, "max": 9}}, spec, "test")
     probes = []
 
-    def fake_probe(base_spec, config):  # 200 queries need twice the memory of 100
+    def fake_probe(base_spec, config):  # memory grows with queries and layers
         probes.append(dict(config))
-        return config[QUERIES] // 100 * 10 * GIB
+        return config[QUERIES] // 100 * config[LAYERS] * GIB
 
     monkeypatch.setattr(packing, "probe_peak_memory", fake_probe)
     return GpuPacker({}, space, tmp_path / "sweep.gpu_shares.json", cpu=2.0, total_bytes=H100), probes
 
 
-def test_each_network_shape_is_probed_once_and_its_share_requested(packer):
+def test_one_probe_of_the_largest_network_sizes_every_trial(packer):
     packer, probes = packer
-    small = packer.resources({LR: 1e-4, QUERIES: 100})
-    assert small.required_resources == {"CPU": 2.0, "GPU": 0.1875}  # 10.6 GiB x 1.2 = 15.9% -> 3/16
-    assert packer.resources({LR: 3e-4, QUERIES: 100}).required_resources["GPU"] == 0.1875  # lr: no new probe
-    assert packer.resources({LR: 1e-4, QUERIES: 200}).required_resources["GPU"] == 0.3125  # 24.7 GiB = 30.9% -> 5/16
-    assert [p[QUERIES] for p in probes] == [100, 200]
+    assert packer.resources({LR: 1e-4, QUERIES: 100, LAYERS: 4}).required_resources == {"CPU": 2.0, "GPU": 0.3125}  # 18.6 GiB x 1.2 = 27.9% -> 5/16
+    assert packer.resources({LR: 3e-4, QUERIES: 200, LAYERS: 9}).required_resources["GPU"] == 0.3125
+    assert probes == [{QUERIES: 200, LAYERS: 9}]  # the learning rate is not the network's
     shares = json.loads(packer.shares_file.read_text())
-    assert shares['{"model.mask_former.num_object_queries": 100}'] == {"peak_mib": 10240, "share": 0.1875}
+    assert shares == {"probed": {QUERIES: 200, LAYERS: 9}, "peak_mib": 18 * 1024, "share": 0.3125}
+    again = GpuPacker({}, packer.space, packer.shares_file, cpu=2.0, total_bytes=H100)  # --resume: no new probe
+    assert again.resources({LR: 1e-4, QUERIES: 100, LAYERS: 5}).required_resources["GPU"] == 0.3125 and len(probes) == 1
 
 
 def fake_trial(tmp_path, error, share):
     error_file = tmp_path / "error.txt"
     error_file.write_text(error)
-    trial = SimpleNamespace(trial_id="t1", config={LR: 1e-4, QUERIES: 100}, error_file=str(error_file),
+    trial = SimpleNamespace(trial_id="t1", config={LR: 1e-4, QUERIES: 100, LAYERS: 4}, error_file=str(error_file),
                             placement_group_factory=PlacementGroupFactory([{"CPU": 2.0, "GPU": share}]))  # fmt: skip
     trial.update_resources = lambda pgf: setattr(trial, "placement_group_factory", pgf)
     return trial
 
 
-def test_a_trial_out_of_gpu_memory_is_requeued_with_twice_its_share_and_its_shape_keeps_it(packer, tmp_path):
+def test_a_trial_out_of_gpu_memory_is_requeued_with_twice_its_share_and_later_trials_get_it(packer, tmp_path):
     packer, probes = packer
-    packer.resources({LR: 1e-4, QUERIES: 100})
-    trial = fake_trial(tmp_path, "torch.OutOfMemoryError: CUDA out of memory.", 0.1875)
+    assert packer.resources({LR: 1e-4, QUERIES: 100, LAYERS: 4}).required_resources["GPU"] == 0.3125
+    trial = fake_trial(tmp_path, "torch.OutOfMemoryError: CUDA out of memory.", 0.3125)
     packer.on_trial_recover(0, [trial], trial)
-    assert trial.placement_group_factory.required_resources == {"CPU": 2.0, "GPU": 0.375}
-    assert packer.resources({LR: 5e-4, QUERIES: 100}).required_resources["GPU"] == 0.375  # later trials of that shape too
+    assert trial.placement_group_factory.required_resources == {"CPU": 2.0, "GPU": 0.625}
+    assert packer.resources({LR: 5e-4, QUERIES: 100, LAYERS: 4}).required_resources["GPU"] == 0.625
     assert len(probes) == 1
 
 
@@ -138,14 +141,14 @@ def test_an_amount_that_is_neither_a_number_nor_auto_is_refused():
     assert without_auto_gpu(spec) is spec
 
 
-def test_a_shape_whose_probe_fails_gets_a_whole_gpu(packer, monkeypatch):
+def test_a_failed_probe_gives_every_trial_a_whole_gpu(packer, monkeypatch):
     packer, _ = packer
 
     def failing_probe(base_spec, config):
         raise RuntimeError("GPU memory probe failed: CUDA out of memory")
 
     monkeypatch.setattr(packing, "probe_peak_memory", failing_probe)
-    assert packer.resources({LR: 1e-4, QUERIES: 200}).required_resources["GPU"] == 1.0
+    assert packer.resources({LR: 1e-4, QUERIES: 200, LAYERS: 9}).required_resources["GPU"] == 1.0
 
 
 def test_the_probe_runs_a_few_training_steps_of_the_sampled_config_in_a_subprocess(smoke_spec):
@@ -175,4 +178,4 @@ def test_an_interrupted_probe_gives_a_whole_gpu_and_keeps_no_share(tmp_path, mon
 
     monkeypatch.setattr(packing.subprocess, "run", interrupted)
     assert packer.resources({QUERIES: 200}).required_resources["GPU"] == 1.0
-    assert not (tmp_path / "sweep.gpu_shares.json").exists()  # the next sweep probes this shape again
+    assert not (tmp_path / "sweep.gpu_shares.json").exists()  # the next sweep probes again
