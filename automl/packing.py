@@ -39,6 +39,8 @@ SAFETY_MARGIN = 0.2
 # Memory a CUDA process holds outside PyTorch's allocator (context, kernels, cuDNN/cuBLAS workspaces).
 CUDA_CONTEXT_BYTES = 600 * 2**20
 PROBE_STEPS = 3
+# The probe's allocator caps, tried in turn until the probe fits: see `probe_peak_memory`.
+PROBE_CAPS = (0.25, 0.5, 1.0)
 # Re-queues after an out-of-memory error: 1/16 doubles to a whole GPU in four.
 OOM_REQUEUES = 4
 SHARES_SUFFIX = ".gpu_shares.json"
@@ -181,19 +183,36 @@ def gpu_packer(spec: DictConfig, space: SearchSpace, sweep_root: Path, name: str
 
 
 def probe_peak_memory(base_spec: Mapping[str, Any], config: Mapping[str, Any]) -> int:
-    """Peak GPU memory (bytes reserved by PyTorch) of a few training steps and one validation batch of `config`."""
-    return probe_memory(base_spec, config)["reserved"]
+    """Peak GPU memory (bytes reserved by PyTorch) of a few training steps and one validation batch of
+    `config`, with the allocator capped at the first of PROBE_CAPS under which the probe fits.
+
+    Uncapped on an idle GPU the probe would measure the free memory rather than the trial's need:
+    cuDNN's float32 FFT convolution plans take workspaces as large as what is free (one of 33 GiB
+    at 512x512, batch 8), and under a cap PyTorch falls back to a plan whose workspace fits, as a
+    trial held to its share does (`keep_to_share`).
+    """
+    for cap in PROBE_CAPS[:-1]:
+        try:
+            return probe_memory(base_spec, config, cap=cap)["reserved"]
+        except ProbeInterrupted:
+            raise
+        except RuntimeError as err:  # out of memory under this cap: try the next
+            if not is_cuda_oom(str(err)):
+                raise
+    return probe_memory(base_spec, config, cap=PROBE_CAPS[-1])["reserved"]
 
 
 def probe_memory(
-    base_spec: Mapping[str, Any], config: Mapping[str, Any], steps: int = PROBE_STEPS, validate: bool = True, env: Mapping[str, str] | None = None
+    base_spec: Mapping[str, Any], config: Mapping[str, Any], steps: int = PROBE_STEPS, validate: bool = True,
+    env: Mapping[str, str] | None = None, cap: float = 1.0,
 ) -> dict[str, int]:
     """Peak GPU memory, bytes {"allocated", "reserved"} by PyTorch, of `steps` training steps (and one
     validation batch) of `config`, in a fresh process so the caller holds no CUDA context; `env`
-    is added to that process's environment (e.g. PYTORCH_CUDA_ALLOC_CONF)."""
+    is added to that process's environment (e.g. PYTORCH_CUDA_ALLOC_CONF); `cap`: the fraction of
+    the GPU its allocator may take (`keep_to_share`)."""
     with tempfile.TemporaryDirectory(prefix="gpu_probe_") as directory:
         request = Path(directory) / "probe.json"
-        request.write_text(json.dumps({"spec": base_spec, "config": dict(config), "out": directory, "steps": steps, "validate": validate}))
+        request.write_text(json.dumps({"spec": base_spec, "config": dict(config), "out": directory, "steps": steps, "validate": validate, "cap": cap}))
         done = subprocess.run(
             [sys.executable, "-m", "automl.packing", str(request)], capture_output=True, text=True, env={**os.environ, **(env or {})}
         )
@@ -213,6 +232,7 @@ def _probe(request_file: str) -> None:
     from automl.training import run_training
 
     request = json.loads(Path(request_file).read_text())
+    keep_to_share(request["cap"])
     spec = apply_values(request["spec"], {**request["config"], "train.results_dir": request["out"]})
     spec.train.resume_training_checkpoint_path = ""
     run_training(

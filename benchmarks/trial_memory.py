@@ -3,7 +3,8 @@
 What `automl.resources_per_trial: {gpu: auto}` packs by: each case runs the packer's own probe
 (`automl.packing.probe_memory`: a few training steps in a fresh process) on the spec with the case's
 values and reports PyTorch's peak allocated and reserved memory. The default cases separate training
-from validation, the batch, the crop, the cuDNN flags and the allocator's expandable segments.
+from validation, the batch, the crop, the cuDNN flags, the allocator's expandable segments and its cap
+(the fraction of the GPU it may take, as the packer's probe and packed trials run).
 
     python benchmarks/trial_memory.py --data data/synthetic512 --out $OUT/trial_memory.json
 """
@@ -28,16 +29,17 @@ from automl.synthetic_data import data_overrides  # noqa: E402
 from benchmarks._common import cell, write_json  # noqa: E402
 
 EXPANDABLE = {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
-# name -> (the trial's values, validate one batch, extra environment)
-CASES: dict[str, tuple[dict[str, Any], bool, dict[str, str]]] = {
-    "train + 1 val batch": ({}, True, {}),
-    "train only": ({}, False, {}),
-    "train only, cudnn.deterministic=false": ({"train.cudnn.deterministic": False}, False, {}),
-    "train + val, cudnn.deterministic=false": ({"train.cudnn.deterministic": False}, True, {}),
-    "train + val, val batch 1": ({"dataset.val.batch_size": 1}, True, {}),
-    "train only, batch 2": ({"dataset.train.batch_size": 2}, False, {}),
-    "train only, crop 256": ({"dataset.augmentation.train_crop_size": [256, 256]}, False, {}),
-    "train + val, expandable segments": ({}, True, EXPANDABLE),
+# name -> (the trial's values, validate one batch, extra environment, allocator cap)
+CASES: dict[str, tuple[dict[str, Any], bool, dict[str, str], float]] = {
+    "train + 1 val batch": ({}, True, {}, 1.0),
+    "train + 1 val batch, capped at 1/4": ({}, True, {}, 0.25),
+    "train only": ({}, False, {}, 1.0),
+    "train only, cudnn.deterministic=false": ({"train.cudnn.deterministic": False}, False, {}, 1.0),
+    "train + val, cudnn.deterministic=false": ({"train.cudnn.deterministic": False}, True, {}, 1.0),
+    "train + val, val batch 1": ({"dataset.val.batch_size": 1}, True, {}, 1.0),
+    "train only, batch 2": ({"dataset.train.batch_size": 2}, False, {}, 1.0),
+    "train only, crop 256": ({"dataset.augmentation.train_crop_size": [256, 256]}, False, {}, 1.0),
+    "train + val, expandable segments": ({}, True, EXPANDABLE, 1.0),
 }
 
 
@@ -49,6 +51,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--size", type=int, default=512, help="image size when the data is written")
     p.add_argument("--steps", type=int, default=3, help="training steps per case (the packer's probe takes 3)")
     p.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    p.add_argument("overrides", nargs="*", help="dotted spec overrides for every case")
     p.add_argument("--out", default=str(ROOT / "results" / "trial_memory.json"))
     args = p.parse_args(argv)
 
@@ -56,16 +59,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         from model.data import write_synthetic_dataset
 
         write_synthetic_dataset(args.data, num_images=args.num_images, size=(args.size, args.size), seed=0)
-    spec = load_spec(args.spec, [*data_overrides(args.data.resolve()), f"results_dir={ROOT / 'results' / 'trial_memory'}"])
+    spec = load_spec(args.spec, [*data_overrides(args.data.resolve()), f"results_dir={ROOT / 'results' / 'trial_memory'}", *args.overrides])
     base = OmegaConf.to_container(spec, resolve=True)
-    record: dict[str, Any] = {"spec": args.spec, "data": str(args.data), "steps": args.steps, "cases": []}
+    record: dict[str, Any] = {"spec": args.spec, "overrides": args.overrides, "data": str(args.data), "steps": args.steps, "cases": []}
     print("| case | allocated GiB | reserved GiB | wall s (process start included) |\n|---|---:|---:|---:|", flush=True)
     for name in args.cases:
-        values, validate, env = CASES[name]
-        row: dict[str, Any] = {"case": name, "values": values, "validate": validate, "env": env}
+        values, validate, env, cap = CASES[name]
+        row: dict[str, Any] = {"case": name, "values": values, "validate": validate, "env": env, "cap": cap}
         started = time.monotonic()
         try:
-            peaks = probe_memory(base, values, steps=args.steps, validate=validate, env=env)
+            peaks = probe_memory(base, values, steps=args.steps, validate=validate, env=env, cap=cap)
             row.update(allocated_gib=peaks["allocated"] / 2**30, reserved_gib=peaks["reserved"] / 2**30)
         except RuntimeError as err:
             row["error"] = str(err)

@@ -169,6 +169,31 @@ def test_a_failed_probe_is_one_line_naming_its_error(smoke_spec):
     assert "\n" not in message and message.startswith("GPU memory probe failed (") and "no_such_key" in message
 
 
+def test_the_probe_is_capped_and_retried_under_a_larger_cap_after_running_out_of_memory(monkeypatch):
+    caps = []
+
+    def probe_process(command, **kwargs):  # out of memory under a quarter of the GPU, fits in half
+        request = json.loads(open(command[-1]).read())
+        caps.append(request["cap"])
+        if request["cap"] < 0.5:
+            return SimpleNamespace(returncode=1, stderr="Traceback ...\ntorch.OutOfMemoryError: CUDA out of memory. Tried to allocate 33.26 GiB\n")
+        with open(f"{request['out']}/peak.json", "w") as peak:
+            json.dump({"allocated": 7 * GIB, "reserved": 8 * GIB}, peak)
+        return SimpleNamespace(returncode=0, stderr="")
+
+    monkeypatch.setattr(packing.subprocess, "run", probe_process)
+    assert packing.probe_peak_memory({}, {QUERIES: 100}) == 8 * GIB
+    assert caps == [0.25, 0.5]
+
+
+def test_a_probe_that_fails_for_another_reason_is_not_retried(monkeypatch):
+    calls = []
+    monkeypatch.setattr(packing.subprocess, "run", lambda *a, **k: calls.append(1) or SimpleNamespace(returncode=1, stderr="KeyError: 'no_such_key'"))
+    with pytest.raises(RuntimeError, match="no_such_key"):
+        packing.probe_peak_memory({}, {QUERIES: 100})
+    assert len(calls) == 1
+
+
 def test_an_interrupted_probe_gives_a_whole_gpu_and_keeps_no_share(tmp_path, monkeypatch):
     space = space_from_mapping({QUERIES: {"options": [100, 200]}}, load_spec(None), "test")
     packer = GpuPacker({}, space, tmp_path / "sweep.gpu_shares.json", cpu=2.0, total_bytes=H100)
