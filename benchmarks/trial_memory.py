@@ -3,7 +3,8 @@
 What `automl.resources_per_trial: {gpu: auto}` packs by: each case runs the packer's own probe
 (`automl.packing.probe_memory`: a few training steps in a fresh process) on the spec with the case's
 values and reports PyTorch's peak allocated and reserved memory. The default cases separate training
-from validation, the batch, the crop, the cuDNN flags and the allocator's expandable segments.
+from validation, the batch, the crop, the cuDNN flags, the allocator's expandable segments and
+`model.sem_seg_head.fpn_autocast` (the FPN convolutions in bf16 instead of float32).
 
     python benchmarks/trial_memory.py --data data/synthetic512 --out $OUT/trial_memory.json
 """
@@ -38,6 +39,7 @@ CASES: dict[str, tuple[dict[str, Any], bool, dict[str, str]]] = {
     "train only, batch 2": ({"dataset.train.batch_size": 2}, False, {}),
     "train only, crop 256": ({"dataset.augmentation.train_crop_size": [256, 256]}, False, {}),
     "train + val, expandable segments": ({}, True, EXPANDABLE),
+    "train only, fpn_autocast": ({"model.sem_seg_head.fpn_autocast": True}, False, {}),
 }
 
 
