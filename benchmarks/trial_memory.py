@@ -4,7 +4,8 @@ What `automl.resources_per_trial: {gpu: auto}` packs by: each case runs the pack
 (`automl.packing.probe_memory`: a few training steps in a fresh process) on the spec with the case's
 values and reports PyTorch's peak allocated and reserved memory. The default cases separate training
 from validation, the batch, the crop, the cuDNN flags, the allocator's expandable segments and its cap
-(the fraction of the GPU it may take, as the packer's probe and packed trials run).
+(the fraction of the GPU it may take, as the packer's probe and packed trials run), and
+`model.sem_seg_head.fpn_autocast` (the FPN convolutions in bf16 instead of float32).
 
     python benchmarks/trial_memory.py --data data/synthetic512 --out $OUT/trial_memory.json
 """
@@ -40,6 +41,8 @@ CASES: dict[str, tuple[dict[str, Any], bool, dict[str, str], float]] = {
     "train only, batch 2": ({"dataset.train.batch_size": 2}, False, {}, 1.0),
     "train only, crop 256": ({"dataset.augmentation.train_crop_size": [256, 256]}, False, {}, 1.0),
     "train + val, expandable segments": ({}, True, EXPANDABLE, 1.0),
+    "train + 1 val batch, fpn_autocast": ({"model.sem_seg_head.fpn_autocast": True}, True, {}, 1.0),
+    "train only, batch 2, fpn_autocast": ({"model.sem_seg_head.fpn_autocast": True, "dataset.train.batch_size": 2}, False, {}, 1.0),
 }
 
 

@@ -68,6 +68,7 @@ def build_mask2former(
     encoder_in_features: Sequence[str] = ("res3", "res4", "res5"),
     common_stride: int = 4,
     dropout: float = 0.0,
+    fpn_autocast: bool = False,
     backbone_kwargs: Optional[Mapping[str, Any]] = None,
     backbone_weights: Optional[str] = None,
 ) -> Mask2Former:
@@ -87,6 +88,8 @@ def build_mask2former(
         common_stride: stride of the mask features (4 or 8).
         dropout: of the deformable encoder; as in the original, nheads also sets its heads and its
             FFN width is fixed at 1024; the decoder layers use no dropout.
+        fpn_autocast: the pixel decoder's FPN and mask-feature convolutions follow the caller's
+            autocast instead of float32 (see `MSDeformAttnPixelDecoder`); no weights change.
         backbone_kwargs: further arguments of `build_backbone` (window_size, drop_path_rate,
             use_checkpoint, embed_dim/depths/num_heads for 'swin', ...).
         backbone_weights: a local .pth/.safetensors file of ImageNet weights for the backbone.
@@ -119,6 +122,7 @@ def build_mask2former(
             dim_feedforward=ENCODER_FFN_DIM,
             dropout=dropout,
             common_stride=common_stride,
+            fpn_autocast=fpn_autocast,
         )
     except ValueError as exc:
         raise ArgumentError("encoder_in_features", f"{list(encoder_in_features)} with common_stride {common_stride}: {exc}") from exc

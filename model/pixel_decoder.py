@@ -5,9 +5,11 @@ refined together by post-norm deformable-attention encoder layers; an FPN then w
 maps (res2) up to `common_stride`. Outputs: the per-pixel mask features the queries are dotted
 with, and the three coarsest refined maps [1/32, 1/16, 1/8] the transformer decoder attends to.
 It runs in its parameters' dtype with autocast off: float32 under mixed precision, as in the
-original, and bfloat16 only when the whole model was cast (inference with bf16 weights).
+original, and bfloat16 only when the whole model was cast (inference with bf16 weights). With
+`fpn_autocast` the FPN and mask-feature convolutions follow the caller's autocast instead.
 """
 
+import contextlib
 from typing import Sequence
 
 import torch
@@ -108,6 +110,11 @@ class MSDeformAttnPixelDecoder(nn.Module):
         num_encoder_layers: deformable encoder layers (0 leaves the projected maps as they are).
         nheads, dim_feedforward, dropout, n_points: of the encoder layers.
         common_stride: stride of the mask features (4: one FPN level below res3).
+        fpn_autocast: False (the original): everything runs in float32 with autocast off. True: the
+            FPN's lateral and output convolutions and the `mask_features` convolution run under the
+            caller's autocast (bf16 under bf16-mixed), while the deformable-attention encoder stays
+            float32. Without autocast (export, deployment, fp32 training) both give the same result.
+            It adds no parameter: checkpoints are the same either way.
     """
 
     num_feature_levels = 3  # maps handed to the transformer decoder
@@ -125,8 +132,10 @@ class MSDeformAttnPixelDecoder(nn.Module):
         dropout: float = 0.0,
         n_points: int = 4,
         common_stride: int = 4,
+        fpn_autocast: bool = False,
     ):
         super().__init__()
+        self.fpn_autocast = fpn_autocast
         self.encoder_in_features = sorted(encoder_in_features)
         finest_encoder_stride = in_strides[self.encoder_in_features[0]]
         # The encoder takes every level from its finest one up; the FPN every finer level down to common_stride.
@@ -170,11 +179,15 @@ class MSDeformAttnPixelDecoder(nn.Module):
             features: backbone maps res2..res5, (B, C_i, H / s_i, W / s_i).
 
         Returns:
-            mask_features: (B, mask_dim, H / common_stride, W / common_stride), in the parameters' dtype.
-            multi_scale_features: 3 maps (B, conv_dim, h, w), coarsest first ([1/32, 1/16, 1/8]), likewise.
+            mask_features: (B, mask_dim, H / common_stride, W / common_stride), in the parameters' dtype;
+                with fpn_autocast under autocast, in the autocast dtype (bf16 under bf16-mixed).
+            multi_scale_features: 3 maps (B, conv_dim, h, w), coarsest first ([1/32, 1/16, 1/8]), in the
+                parameters' dtype; with fpn_autocast under autocast, a map the FPN made (when the encoder
+                refines fewer than 3 levels) comes in the dtype autocast gives its GroupNorm.
         """
         dtype = self.mask_features.weight.dtype
-        with torch.autocast(device_type=features[0].device.type, enabled=False):
+        device_type = features[0].device.type
+        with torch.autocast(device_type=device_type, enabled=False):
             srcs, pos = [], []
             for proj, i in zip(self.input_proj, reversed(self.encoder_in_features)):
                 x = features[i].to(dtype)
@@ -186,6 +199,10 @@ class MSDeformAttnPixelDecoder(nn.Module):
                 level.transpose(1, 2).reshape(batch, -1, height, width)
                 for level, (height, width) in zip(memory.split([h * w for h, w in shapes], dim=1), shapes)
             ]
+        # The FPN's full-resolution 3x3 convolution in float32 is where cuDNN picks an FFT plan (33 GiB of
+        # workspace at 512x512 batch 8 on an H200); fpn_autocast lets it run in the caller's precision.
+        fpn_precision = contextlib.nullcontext() if self.fpn_autocast else torch.autocast(device_type=device_type, enabled=False)
+        with fpn_precision:
             for lateral, output, i in zip(self.lateral_convs, self.output_convs, reversed(self.fpn_in_features)):
                 lat = lateral(features[i].to(dtype))
                 outs.append(output(lat + F.interpolate(outs[-1], size=lat.shape[-2:], mode="bilinear", align_corners=False)))

@@ -34,6 +34,7 @@ ARGUMENT_KEYS = {
     "num_encoder_layers": "sem_seg_head.transformer_enc_layers",
     "encoder_in_features": "sem_seg_head.deformable_transformer_encoder_in_features",
     "common_stride": "sem_seg_head.common_stride",
+    "fpn_autocast": "sem_seg_head.fpn_autocast",
 }
 TASK_KEY = "mode"  # the task (panoptic | instance | semantic) that datasets, post-processing and metrics take
 # build_backbone arguments, each read from model.backbone.swin.<same name>.

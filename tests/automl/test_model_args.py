@@ -18,8 +18,9 @@ TINY = [
 
 
 def test_every_spec_value_of_the_network_reaches_it():
-    spec = load_spec(None, [*TINY, "model.mask_former.pre_norm=true", "model.sem_seg_head.common_stride=8"])
+    spec = load_spec(None, [*TINY, "model.mask_former.pre_norm=true", "model.sem_seg_head.common_stride=8", "model.sem_seg_head.fpn_autocast=true"])
     network = build_network(spec.model)
+    assert network.pixel_decoder.fpn_autocast is True and build_network(load_spec(None, TINY).model).pixel_decoder.fpn_autocast is False
     decoder = network.transformer_decoder
     assert network.backbone.channels == [32, 64, 128, 256] and network.backbone.layers[0].window_size == 4
     assert decoder.class_embed.out_features == 7 and decoder.query_feat.num_embeddings == 8

@@ -104,6 +104,46 @@ def test_pixel_decoder_stays_float32_under_bfloat16_autocast():
     assert [tuple(m.shape[-2:]) for m in multi_scale] == [(2, 2), (4, 4), (8, 8)]
 
 
+def tiny_pixel_decoders() -> tuple[list[torch.Tensor], MSDeformAttnPixelDecoder, MSDeformAttnPixelDecoder]:
+    """Float32 backbone maps (B=2, 64x64 images) and two pixel decoders with the same weights: fpn_autocast False, True."""
+    torch.manual_seed(0)
+    backbone = build_backbone("swin", embed_dim=32, depths=[1, 1, 1, 1], num_heads=[1, 2, 2, 4], window_size=4)
+    kwargs = dict(conv_dim=32, mask_dim=16, num_encoder_layers=1, nheads=4)
+    original = MSDeformAttnPixelDecoder(backbone.channels, backbone.strides, **kwargs)
+    fpn_autocast = MSDeformAttnPixelDecoder(backbone.channels, backbone.strides, fpn_autocast=True, **kwargs)
+    fpn_autocast.load_state_dict(original.state_dict())  # strict: the choice adds no parameter
+    with torch.no_grad():
+        features = backbone(torch.randn(2, 3, 64, 64))
+    return features, original, fpn_autocast
+
+
+def test_fpn_autocast_runs_the_fpn_in_bfloat16_and_keeps_the_encoder_float32():
+    features, original, fpn_autocast = tiny_pixel_decoders()
+    with torch.no_grad():
+        reference, reference_multi_scale = original(features)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mask_features, multi_scale = fpn_autocast(features)
+    assert mask_features.dtype == torch.bfloat16
+    assert [m.dtype for m in multi_scale] == [torch.float32] * 3
+    for got, expected in zip(multi_scale, reference_multi_scale):
+        assert torch.equal(got, expected)  # the encoder is untouched
+    # bf16 rounding of the FPN: max error ~0.02 on values up to ~3; a miswired FPN is off by O(1)
+    torch.testing.assert_close(mask_features.float(), reference, atol=0.05, rtol=0.02)
+
+
+def test_fpn_autocast_off_ignores_autocast_and_on_without_autocast_is_the_original():
+    features, original, fpn_autocast = tiny_pixel_decoders()
+    with torch.no_grad():
+        reference, reference_multi_scale = original(features)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            under_autocast, under_autocast_multi_scale = original(features)
+        no_autocast, no_autocast_multi_scale = fpn_autocast(features)  # as export and deployment run it
+    for outputs in ((under_autocast, *under_autocast_multi_scale), (no_autocast, *no_autocast_multi_scale)):
+        assert [o.dtype for o in outputs] == [torch.float32] * 4
+        for got, expected in zip(outputs, (reference, *reference_multi_scale)):
+            assert torch.equal(got, expected)
+
+
 def test_common_stride_8_gives_masks_at_one_eighth():
     out = tiny(common_stride=8)(torch.randn(1, 3, 64, 64))
     assert out["pred_masks"].shape[-2:] == (8, 8)
