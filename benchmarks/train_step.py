@@ -81,8 +81,8 @@ def hf_config_dict(tiny: bool = False, num_points: int | None = None) -> dict[st
     )
 
 
-def build_ours(config: dict[str, Any]) -> tuple[torch.nn.Module, SetCriterion]:
-    """Our network and criterion for the architecture `config` describes."""
+def build_ours(config: dict[str, Any], fpn_autocast: bool = False) -> tuple[torch.nn.Module, SetCriterion]:
+    """Our network and criterion for the architecture `config` describes (`fpn_autocast`: model.sem_seg_head.fpn_autocast)."""
     kwargs = mask2former_kwargs(config, "benchmark config")
     c = config  # the loss settings, in HF's names
     matcher = HungarianMatcher(cost_class=c["class_weight"], cost_mask=c["mask_weight"], cost_dice=c["dice_weight"], num_points=c["train_num_points"])
@@ -91,7 +91,7 @@ def build_ours(config: dict[str, Any]) -> tuple[torch.nn.Module, SetCriterion]:
         no_object_weight=c["no_object_weight"], num_points=c["train_num_points"], oversample_ratio=c["oversample_ratio"],
         importance_sample_ratio=c["importance_sample_ratio"], deep_supervision=True,
     )
-    return build_mask2former(**kwargs), criterion
+    return build_mask2former(**kwargs, fpn_autocast=fpn_autocast), criterion
 
 
 def build_hf(config: dict[str, Any]) -> torch.nn.Module:
@@ -149,7 +149,7 @@ def _free(device: torch.device) -> None:
 
 def make_step(
     impl: str, case: str, precision: str, config: dict, images: torch.Tensor, targets: list[dict], lr: float,
-    compile_model: bool = False, cuda_graph: bool = False,
+    compile_model: bool = False, cuda_graph: bool = False, fpn_autocast: bool = False,
 ) -> tuple[Callable[[], torch.Tensor | None], int]:
     """The step to time (it returns the detached loss, None for inference) and the network's parameter count.
     bf16 training runs under autocast; bf16 inference casts the weights and images once.
@@ -159,7 +159,7 @@ def make_step(
     device = images.device
     torch.manual_seed(0)
     if impl == "ours":
-        model, criterion = build_ours(config)
+        model, criterion = build_ours(config, fpn_autocast)
         criterion = criterion.to(device)
     else:
         model = build_hf(config)
@@ -237,7 +237,7 @@ def run_case(impl: str, case: str, precision: str, args: argparse.Namespace, con
         g = torch.Generator().manual_seed(1)
         images = torch.randn(batch, 3, *size, generator=g).to(device)
         targets = synthetic_targets(batch, size, args.num_masks, len(config["id2label"]), device) if case == "train" else []
-        step, row["num_params"] = make_step(impl, case, precision, config, images, targets, args.lr, args.compile, args.cuda_graph)
+        step, row["num_params"] = make_step(impl, case, precision, config, images, targets, args.lr, args.compile, args.cuda_graph, args.fpn_autocast)
         step = _with_precision(step, precision)
         if device.type == "cuda":
             row["model_mem_mib"] = torch.cuda.memory_allocated(device) / 2**20
@@ -389,6 +389,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate")
     p.add_argument("--compile", action="store_true", help="torch.compile both networks (default mode); first_step_s includes the compile time")
     p.add_argument("--cuda-graph", action="store_true", help="ours: capture the inference step, and the training forward + backward, as CUDA graphs")
+    p.add_argument("--fpn-autocast", action="store_true", help="ours: the FPN convolutions under autocast (model.sem_seg_head.fpn_autocast)")
     p.add_argument("--profile", action="store_true", help="also profile each case: kernel launches, GPU-busy ms, top kernels")
     p.add_argument("--profile-steps", type=int, default=3, help="steps recorded by --profile")
     p.add_argument("--case-budget-s", type=float, default=15.0, help="stop timing a case after this many seconds (at least 3 steps are timed)")
