@@ -6,7 +6,9 @@ space can draw (every architecture key at its largest value, so it bounds every 
 trial then asks Ray for that fraction of a GPU plus a safety margin, so as many trials share a
 GPU as fit, and is held to it (`keep_to_share`). One probe rather than one per network shape:
 each costs a process start and a model build, as much as a short trial, and it runs before any
-trial, on an idle GPU. The share is kept in `<results_dir>/automl/<sweep>.gpu_shares.json` for
+trial, on an idle GPU. The probe's own allocator is capped too (a quarter of the GPU, then half, then
+all of it; `probe_peak_memory`), so that it measures the trial's need rather than the free memory.
+The share is kept in `<results_dir>/automl/<sweep>.gpu_shares.json` for
 `--resume`. A trial that still runs out of GPU memory is re-queued with twice its share (up to a
 whole GPU), and the sweep's later trials get that share too.
 """
