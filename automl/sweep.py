@@ -44,7 +44,7 @@ from automl.storage import exists, sweep_filesystem, worker_env
 from automl.sweep_tracking import MlflowSweepCallback, log_baseline, log_winner
 from automl.tracking import RUNS_VIEW, Tracker, run_tags
 from automl.training import BEST_NAME, build_label_map, target_metric
-from automl.trial import CHECKPOINT_FILE, STATUS_KEY, run_trial
+from automl.trial import CHECKPOINT_FILE, RAY_TRAIN_DIR, STATUS_KEY, run_trial
 from model.checkpoint import without_training_state
 from model.data.files import is_remote, redact
 from model.errors import UserError
@@ -449,14 +449,18 @@ def _select_best(results: Any, metric: str, mode: str, spec: DictConfig) -> Best
 
 def _checkpoint_of(best: Any, row: Any, metric: str, mode: str) -> tune.Checkpoint | None:
     """The checkpoint of the best trial's best validation: kept by Tune, or by Ray Train for a
-    multi-worker trial (whose reports carry its path)."""
+    multi-worker trial, whose reports carry its path where the trial ran (a Ray session's folder on
+    the machine that ran it, which Ray Train may have pruned since): it is read from the copy Tune
+    synced to the trial's folder in the sweep's storage."""
     kept = sorted(best.best_checkpoints, key=lambda item: item[1].get(metric, float("nan")), reverse=mode == "max")
     if kept:
         return kept[0][0]
     train_path = row.get("checkpoint_path")
-    if isinstance(train_path, str) and (Path(train_path) / CHECKPOINT_FILE).exists():
-        return tune.Checkpoint.from_directory(train_path)
-    return None
+    marker = f"/{RAY_TRAIN_DIR}/"
+    if not isinstance(train_path, str) or marker not in train_path:
+        return None
+    stored = f"{best.path}/{train_path[train_path.index(marker) + 1 :]}"
+    return tune.Checkpoint(stored, filesystem=best.filesystem) if exists(best.filesystem, f"{stored}/{CHECKPOINT_FILE}") else None
 
 
 def _prune_checkpoints(results: Any, metric: str, mode: str, keep_top_k: int, validations: int) -> None:

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FILE = "model_at_validation.pth"
 # Keys reported to Tune besides the validation metrics.
 STATUS_KEY = "trial_status"
+# The folder in a multi-GPU trial's folder where Ray Train keeps its run (and the checkpoints its workers report).
+RAY_TRAIN_DIR = "ray_train"
 
 
 def trial_spec(base: dict, values: dict[str, Any], trial_dir: Path, max_epochs: int, cpus: float) -> DictConfig:
@@ -135,7 +137,7 @@ def _fit_with_ray_train(
         ),
         run_config=ray.train.RunConfig(
             name=name,
-            storage_path=str(trial_dir / "ray_train"),
+            storage_path=str(trial_dir / RAY_TRAIN_DIR),
             failure_config=ray.train.FailureConfig(max_failures=int(spec.automl.max_failures)),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=metric, checkpoint_score_order=spec.automl.mode),
             callbacks=[TuneReportCallback()],

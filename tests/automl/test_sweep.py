@@ -365,18 +365,31 @@ def test_a_crashing_trial_is_retried_then_marked_failed_while_the_sweep_complete
     assert (tmp_path / "best" / "best.json").exists()
 
 
-def test_two_worker_trials_run_through_ray_train_and_free_their_resources(synthetic_data, tmp_path):
-    # Each trial is a 2-process DDP run (gloo on CPU). The second trial can only start once the
-    # first one's workers have given their CPUs back.
-    sweep = launch(["train.num_gpus=2", "automl.num_samples=2", "automl.max_epochs=5", "automl.resources_per_trial={cpu: 1}"], tmp_path, synthetic_data)
-    output = sweep.communicate(timeout=400)[0]
+def test_two_worker_trials_run_through_ray_train_and_one_stopped_by_asha_frees_its_workers(synthetic_data, tmp_path):
+    # Each trial is a 2-process DDP run (gloo on CPU) of two one-CPU workers; on two cores a trial starts only once
+    # the last one's workers have given their CPUs back. In the grid's order, lr 1e-6, 3e-4, 4e-4. The sweep ranks
+    # by the LOWEST mIoU, so ASHA stops the second trial at its first validation (it learnt more than the first one
+    # there); the third runs after that stop. Tune takes a stopped trial's first report only.
+    space = "{train.optim.lr: {options: [1.0e-6, 3.0e-4, 4.0e-4]}}"
+    args = ["train.num_gpus=2", "automl.resources_per_trial={cpu: 1}", "automl.algorithm=grid", "automl.num_samples=3",
+            f"automl.search_space={space}", "automl.scheduler=asha", "automl.max_epochs=6", "train.validation_interval=1",
+            "automl.grace_period=1", "automl.reduction_factor=2", "automl.metric=mIoU", "automl.mode=min"]  # fmt: skip
+    sweep = launch(args, tmp_path, synthetic_data)
+    output = sweep.communicate(timeout=600)[0]
     assert sweep.returncode == 0, output
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("synthetic_smoke").experiment_id
-    runs = client.search_runs([experiment], "tags.`mlflow.parentRunId` != ''")
-    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
-    assert all(client.get_metric_history(r.info.run_id, "PQ") for r in runs)
-    assert (tmp_path / "best" / "mask2former_model_best.pth").exists()
+    runs = client.search_runs([experiment], "tags.`mlflow.parentRunId` != ''", order_by=["attributes.start_time ASC"])
+    trials = [(float(r.data.params["train.optim.lr"]), r.data.tags["status"], len(client.get_metric_history(r.info.run_id, "mIoU"))) for r in runs]
+    assert [lr for lr, _, _ in trials] == [1e-6, 3e-4, 4e-4], output
+    assert trials[0][1:] == ("finished", 6) and trials[1][1:] == ("stopped", 1), output
+    assert trials[2][2] >= 1  # it ran after the stop
+    # What the stopped trial's workers saved, one checkpoint a validation: they ended soon after the stop (a
+    # validation may pass before Tune's answer reaches them), long before their sixth.
+    stopped = runs[1].data.tags[TRIAL_TAG]
+    saved = [p for p in (tmp_path / "automl" / "synthetic_smoke").glob(f"run_trial_{stopped}_*/ray_train/*/checkpoint_*") if p.is_dir()]
+    assert 1 <= len(saved) <= 3, saved
+    assert (tmp_path / "best" / "mask2former_model_best.pth").exists(), output
 
 
 # Seed 42 draws lr 1e-6 for trial 0 and 4e-4 for trial 1. Asynchronous PBT clones only a donor that
