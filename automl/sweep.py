@@ -482,24 +482,43 @@ def _prune_checkpoints(results: Any, metric: str, mode: str, keep_top_k: int, va
     for _, finished, result in scored:
         failed = result.error is not None
         keep = _best_and_latest(result, metric, mode, latest=failed) if failed or finished or id(result) in top else set()
-        for entry in result.filesystem.get_file_info(pyarrow.fs.FileSelector(result.path)):
-            if entry.type != pyarrow.fs.FileType.Directory or not entry.base_name.startswith("checkpoint_"):
-                continue
+        for entry in _checkpoint_folders(result):
             if entry.base_name not in keep:
                 result.filesystem.delete_dir(entry.path)
             elif not failed:
                 _drop_training_state(result.filesystem, f"{entry.path}/{CHECKPOINT_FILE}")
 
 
+def _checkpoint_folders(result: Any) -> list[pyarrow.fs.FileInfo]:
+    """The trial's checkpoint folders in the sweep's storage: Tune's, and those the workers of a
+    multi-worker trial saved in its Ray Train run."""
+    filesystem = result.filesystem
+
+    def folders(path: str) -> list[pyarrow.fs.FileInfo]:
+        entries = filesystem.get_file_info(pyarrow.fs.FileSelector(path)) if exists(filesystem, path) else []
+        return [e for e in entries if e.type == pyarrow.fs.FileType.Directory]
+
+    found = [e for e in folders(result.path) if e.base_name.startswith("checkpoint_")]
+    for run in folders(f"{result.path}/{RAY_TRAIN_DIR}"):
+        found += [e for e in folders(run.path) if e.base_name.startswith("checkpoint_")]
+    return found
+
+
 def _best_and_latest(result: Any, metric: str, mode: str, latest: bool) -> set[str]:
     """Folder names of the trial's checkpoint at its best validation (its latest when none scored)
-    and, when `latest`, of its latest one."""
+    and, when `latest`, of its latest one: Tune's, or for a multi-worker trial those its reports name."""
     sign = 1.0 if mode == "max" else -1.0
-    scored = [(checkpoint, metrics.get(metric)) for checkpoint, metrics in result.best_checkpoints]
-    finite = [(c, v) for c, v in scored if isinstance(v, (int, float)) and math.isfinite(v)]
-    keep = {Path(max(finite, key=lambda cv: sign * cv[1])[0].path).name} if finite else set()
-    if result.checkpoint is not None and (latest or not keep):
-        keep.add(Path(result.checkpoint.path).name)
+    scored = [(Path(checkpoint.path).name, metrics.get(metric)) for checkpoint, metrics in result.best_checkpoints]
+    newest = Path(result.checkpoint.path).name if result.checkpoint is not None else None
+    history = result.metrics_dataframe
+    if not scored and history is not None and "checkpoint_path" in history:  # Ray Train saved them
+        reports = history.dropna(subset=["checkpoint_path"])
+        scored = [(Path(path).name, value) for path, value in zip(reports["checkpoint_path"], reports.get(metric, [None] * len(reports)))]
+        newest = scored[-1][0] if scored else None
+    finite = [(name, v) for name, v in scored if isinstance(v, (int, float)) and math.isfinite(v)]
+    keep = {max(finite, key=lambda nv: sign * nv[1])[0]} if finite else set()
+    if newest is not None and (latest or not keep):
+        keep.add(newest)
     return keep
 
 
