@@ -104,8 +104,9 @@ def test_pixel_decoder_stays_float32_under_bfloat16_autocast():
     assert [tuple(m.shape[-2:]) for m in multi_scale] == [(2, 2), (4, 4), (8, 8)]
 
 
-def tiny_pixel_decoders() -> tuple[list[torch.Tensor], MSDeformAttnPixelDecoder, MSDeformAttnPixelDecoder]:
-    """Float32 backbone maps (B=2, 64x64 images) and two pixel decoders with the same weights: fpn_autocast False, True."""
+def tiny_pixel_decoders() -> tuple[list[torch.Tensor], MSDeformAttnPixelDecoder, MSDeformAttnPixelDecoder, list[torch.Tensor]]:
+    """Float32 backbone maps (B=2, 64x64 images), two pixel decoders with the same weights (fpn_autocast False,
+    True) and the original's float32 outputs without autocast: [mask_features, *multi_scale_features]."""
     torch.manual_seed(0)
     backbone = build_backbone("swin", embed_dim=32, depths=[1, 1, 1, 1], num_heads=[1, 2, 2, 4], window_size=4)
     kwargs = dict(conv_dim=32, mask_dim=16, num_encoder_layers=1, nheads=4)
@@ -114,15 +115,14 @@ def tiny_pixel_decoders() -> tuple[list[torch.Tensor], MSDeformAttnPixelDecoder,
     fpn_autocast.load_state_dict(original.state_dict())  # strict: the choice adds no parameter
     with torch.no_grad():
         features = backbone(torch.randn(2, 3, 64, 64))
-    return features, original, fpn_autocast
+        mask_features, multi_scale = original(features)
+    return features, original, fpn_autocast, [mask_features, *multi_scale]
 
 
 def test_fpn_autocast_runs_the_fpn_in_bfloat16_and_keeps_the_encoder_float32():
-    features, original, fpn_autocast = tiny_pixel_decoders()
-    with torch.no_grad():
-        reference, reference_multi_scale = original(features)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            mask_features, multi_scale = fpn_autocast(features)
+    features, _, fpn_autocast, (reference, *reference_multi_scale) = tiny_pixel_decoders()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        mask_features, multi_scale = fpn_autocast(features)
     assert mask_features.dtype == torch.bfloat16
     assert [m.dtype for m in multi_scale] == [torch.float32] * 3
     for got, expected in zip(multi_scale, reference_multi_scale):
@@ -132,15 +132,14 @@ def test_fpn_autocast_runs_the_fpn_in_bfloat16_and_keeps_the_encoder_float32():
 
 
 def test_fpn_autocast_off_ignores_autocast_and_on_without_autocast_is_the_original():
-    features, original, fpn_autocast = tiny_pixel_decoders()
+    features, original, fpn_autocast, reference = tiny_pixel_decoders()
     with torch.no_grad():
-        reference, reference_multi_scale = original(features)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             under_autocast, under_autocast_multi_scale = original(features)
         no_autocast, no_autocast_multi_scale = fpn_autocast(features)  # as export and deployment run it
     for outputs in ((under_autocast, *under_autocast_multi_scale), (no_autocast, *no_autocast_multi_scale)):
         assert [o.dtype for o in outputs] == [torch.float32] * 4
-        for got, expected in zip(outputs, (reference, *reference_multi_scale)):
+        for got, expected in zip(outputs, reference):
             assert torch.equal(got, expected)
 
 
