@@ -1,7 +1,10 @@
 """Shared fixtures: the synthetic dataset (written once per session), the smoke spec pointed at it, the smoke model
 trained once per session, an S3 server."""
 
+import os
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -17,6 +20,14 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE_SPEC = ROOT / "experiments" / "synthetic_smoke.yaml"
 
 torch.set_num_threads(2)
+
+# Ray's session folders (logs, a multi-worker trial's staged checkpoints) in a folder of this test session's
+# own, removed at its end, rather than piling up in /tmp/ray. Short: Ray's socket paths must fit 107 bytes.
+RAY_TMPDIR = os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="ray-tests-")
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(RAY_TMPDIR, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -48,10 +59,11 @@ class EpochLosses(pl.Callback):
 
 @pytest.fixture(scope="session")
 def trained_smoke(synthetic_data, tmp_path_factory):
-    """(spec, TrainResult, per-epoch losses) of the smoke model trained 30 epochs (validated at 15 and 30) on its own
+    """(spec, TrainResult, per-epoch losses) of the smoke model trained 30 epochs (validated and checkpointed at 15 and 30) on its own
     training images, tracked in MLflow: the one trained model that read-only tests of training and deployment share."""
     results = tmp_path_factory.mktemp("trained")
-    overrides = [*data_overrides(synthetic_data, val_split="train"), f"results_dir={results}", "train.num_epochs=30", "train.validation_interval=15"]
+    overrides = [*data_overrides(synthetic_data, val_split="train"), f"results_dir={results}", "train.num_epochs=30", "train.validation_interval=15",
+                 "train.checkpoint_interval=15"]
     spec = load_spec(SMOKE_SPEC, overrides, action="train")
     losses = EpochLosses()
     result = train_once(spec, SMOKE_SPEC, progress=False, callbacks=[losses])
