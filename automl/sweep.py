@@ -264,7 +264,7 @@ def _log_baseline(sweep: _Sweep, tracker: Tracker, parent_id: str, label_map: An
     console.print(f"baseline on dataset.val: {sweep.metric} {baseline.get(sweep.metric, float('nan')):.2f}", highlight=False)
 
 
-def _trainable(sweep: _Sweep, label_map: Any) -> Any:
+def _trainable(sweep: _Sweep, store: _Store, label_map: Any) -> Any:
     """run_trial with the spec and the resources each trial holds."""
     spec = sweep.spec
     return tune.with_resources(
@@ -273,6 +273,7 @@ def _trainable(sweep: _Sweep, label_map: Any) -> Any:
             timeout_minutes=spec.automl.trial_timeout_minutes, workers=trial_workers(spec), cpus_per_worker=_cpus_per_worker(spec),
             # Decoded once here, one copy in Ray's object store; a trial on another machine may not see the files it names.
             data=None if spec.automl.ray_address else decode_data(spec, label_map), packed=sweep.packer is not None,
+            experiment=(store.tune_filesystem, store.experiment),
         ),
         sweep.packer.resources if sweep.packer else sweep.resources,
     )  # fmt: skip
@@ -284,7 +285,7 @@ def _fit(
     """Run the trials on Ray (started here unless automl.ray_address names a cluster), signing the state Tune saved.
 
     started: time.monotonic() at the sweep's start, for the line that says how long it took to reach its trials."""
-    trainable = _trainable(sweep, label_map)
+    trainable = _trainable(sweep, store, label_map)
     workers = trial_workers(sweep.spec)
     train_gpus = float(workers) if workers > 1 and torch.cuda.is_available() else 0.0
     callback = None if resume else MlflowSweepCallback(tracker, parent_id, sweep.metric, sweep.mode, run_tags(sweep.spec), sweep.validations, train_gpus)
@@ -449,9 +450,8 @@ def _select_best(results: Any, metric: str, mode: str, spec: DictConfig) -> Best
 
 def _checkpoint_of(best: Any, row: Any, metric: str, mode: str) -> tune.Checkpoint | None:
     """The checkpoint of the best trial's best validation: kept by Tune, or by Ray Train for a
-    multi-worker trial, whose reports carry its path where the trial ran (a Ray session's folder on
-    the machine that ran it, which Ray Train may have pruned since): it is read from the copy Tune
-    synced to the trial's folder in the sweep's storage."""
+    multi-worker trial, whose workers wrote it in the trial's folder of the sweep's storage (its
+    reports carry the path as written; it is looked up relative to the trial's folder as found now)."""
     kept = sorted(best.best_checkpoints, key=lambda item: item[1].get(metric, float("nan")), reverse=mode == "max")
     if kept:
         return kept[0][0]

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import lightning.pytorch as pl
+import pyarrow.fs
 import torch
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
@@ -66,6 +67,7 @@ def run_trial(
     cpus_per_worker: float = 1.0,
     data: SharedData | None = None,
     packed: bool = False,
+    experiment: tuple[pyarrow.fs.FileSystem | None, str] = (None, ""),
 ) -> None:
     """The Tune function trainable.
 
@@ -74,13 +76,17 @@ def run_trial(
     the machine has no GPU) running the same training with Ray's DDP strategy. data: the sweep's
     decoded label map and annotations (from Ray's object store), which the trial reuses. packed:
     the GPU share was measured (`{gpu: auto}`): the trial keeps to it (`keep_to_share`).
+    experiment: the sweep's (storage filesystem, experiment path) as Tune is given them, where a
+    multi-worker trial's workers write their checkpoints.
     """
     context = tune.get_context()
     trial_dir = Path(context.get_trial_dir())  # <results_dir>/automl/<sweep>/<trial>
     cpus = cpus_per_worker if workers > 1 else context.get_trial_resources().required_resources.get("CPU", 1.0)
     spec = trial_spec(base_spec, config, trial_dir, max_epochs, cpus)
     if workers > 1:
-        _fit_with_ray_train(spec, metric, timeout_minutes, workers, context.get_trial_name(), trial_dir, cpus_per_worker)
+        filesystem, path = experiment
+        storage = f"{path}/{trial_dir.name}/{RAY_TRAIN_DIR}"
+        _fit_with_ray_train(spec, metric, timeout_minutes, workers, context.get_trial_name(), filesystem, storage, cpus_per_worker)
         return
     _release_earlier_trial()
     if packed:
@@ -121,9 +127,14 @@ def _local_copy(checkpoint: tune.Checkpoint, trial_dir: Path) -> str:
 
 
 def _fit_with_ray_train(
-    spec: DictConfig, metric: str, timeout_minutes: float, workers: int, name: str, trial_dir: Path, cpus_per_worker: float
+    spec: DictConfig, metric: str, timeout_minutes: float, workers: int, name: str,
+    filesystem: pyarrow.fs.FileSystem | None, storage: str, cpus_per_worker: float,
 ) -> None:
-    """One trial as a Ray Train run; its workers' reports reach Tune through Ray's Tune-report callback."""
+    """One trial as a Ray Train run; its workers' reports reach Tune through Ray's Tune-report callback.
+
+    Its workers write their checkpoints to `storage` (the trial's folder in the sweep's storage) directly: under the
+    trial's own folder they would be staged in the Ray session's folder on the machine that ran the trial and stay
+    there, a copy of every checkpoint the run kept, after the sweep."""
     import ray.train
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -137,9 +148,11 @@ def _fit_with_ray_train(
         ),
         run_config=ray.train.RunConfig(
             name=name,
-            storage_path=str(trial_dir / RAY_TRAIN_DIR),
+            storage_path=storage,
+            storage_filesystem=filesystem,
             failure_config=ray.train.FailureConfig(max_failures=int(spec.automl.max_failures)),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=metric, checkpoint_score_order=spec.automl.mode),
+            # Every checkpoint stays while the sweep runs, as the sweep's own (the sweep prunes them at its end).
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=None),
             callbacks=[TuneReportCallback()],
         ),
     )
