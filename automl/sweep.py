@@ -270,10 +270,10 @@ def _trainable(sweep: _Sweep, store: _Store, label_map: Any) -> Any:
     return tune.with_resources(
         tune.with_parameters(
             run_trial, base_spec=OmegaConf.to_container(spec, resolve=True), max_epochs=sweep.max_epochs, metric=sweep.metric,
-            timeout_minutes=spec.automl.trial_timeout_minutes, workers=trial_workers(spec), cpus_per_worker=_cpus_per_worker(spec),
+            timeout_minutes=spec.automl.trial_timeout_minutes, experiment=(store.tune_filesystem, store.experiment),
+            workers=trial_workers(spec), cpus_per_worker=_cpus_per_worker(spec),
             # Decoded once here, one copy in Ray's object store; a trial on another machine may not see the files it names.
             data=None if spec.automl.ray_address else decode_data(spec, label_map), packed=sweep.packer is not None,
-            experiment=(store.tune_filesystem, store.experiment),
         ),
         sweep.packer.resources if sweep.packer else sweep.resources,
     )  # fmt: skip

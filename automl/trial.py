@@ -63,24 +63,24 @@ def run_trial(
     max_epochs: int,
     metric: str,
     timeout_minutes: float,
+    experiment: tuple[pyarrow.fs.FileSystem | None, str],
     workers: int = 1,
     cpus_per_worker: float = 1.0,
     data: SharedData | None = None,
     packed: bool = False,
-    experiment: tuple[pyarrow.fs.FileSystem | None, str] = (None, ""),
 ) -> None:
     """The Tune function trainable.
 
     workers == 1: Lightning in this process (one GPU, a slice of one, or CPUs). workers > 1: a
     Ray Train `TorchTrainer` of that many workers (one GPU each, or CPU processes with gloo when
-    the machine has no GPU) running the same training with Ray's DDP strategy. data: the sweep's
-    decoded label map and annotations (from Ray's object store), which the trial reuses. packed:
-    the GPU share was measured (`{gpu: auto}`): the trial keeps to it (`keep_to_share`).
-    experiment: the sweep's (storage filesystem, experiment path) as Tune is given them, where a
-    multi-worker trial's workers write their checkpoints.
+    the machine has no GPU) running the same training with Ray's DDP strategy. experiment: the
+    sweep's (storage filesystem, experiment path) as Tune is given them, where a multi-worker
+    trial's workers write their checkpoints. data: the sweep's decoded label map and annotations
+    (from Ray's object store), which the trial reuses. packed: the GPU share was measured
+    (`{gpu: auto}`): the trial keeps to it (`keep_to_share`).
     """
     context = tune.get_context()
-    trial_dir = Path(context.get_trial_dir())  # <results_dir>/automl/<sweep>/<trial>
+    trial_dir = Path(context.get_trial_dir())  # the trial's local folder, which Tune syncs to the sweep's storage
     cpus = cpus_per_worker if workers > 1 else context.get_trial_resources().required_resources.get("CPU", 1.0)
     spec = trial_spec(base_spec, config, trial_dir, max_epochs, cpus)
     if workers > 1:

@@ -21,7 +21,7 @@ SMOKE_SPEC = ROOT / "experiments" / "synthetic_smoke.yaml"
 
 torch.set_num_threads(2)
 
-# Ray's session folders (logs, a multi-worker trial's staged checkpoints) in a folder of this test session's
+# Ray's session folders (logs, the trials' local folders) in a folder of this test session's
 # own, removed at its end, rather than piling up in /tmp/ray. Short: Ray's socket paths must fit 107 bytes.
 RAY_TMPDIR = os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="ray-tests-")
 
